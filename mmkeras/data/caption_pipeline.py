@@ -1,0 +1,227 @@
+"""tf.data pipelines for captioning: decode, resize, augment, tokenize, batch."""
+
+import dataclasses
+
+import keras
+import keras_hub
+import numpy as np
+import tensorflow as tf
+
+from mmkeras.data.synthetic_captions import SYNTHETIC_PREFIX
+
+
+def decode_image(image_bytes, image_size):
+    """Decodes one encoded JPEG/PNG image and resizes it, in graph.
+
+    The one image preprocessing of mmkeras: training, evaluation and every
+    export call it, so a served model sees exactly what the trained one saw.
+
+    Args:
+        image_bytes: scalar `tf.string`, an encoded JPEG or PNG (GIF/BMP work
+            too, first frame).
+        image_size: int, output height and width.
+
+    Returns:
+        float32 `(image_size, image_size, 3)` with values in `[0, 255]`.
+    """
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    image = tf.image.resize(
+        image, (image_size, image_size), method="bilinear", antialias=True
+    )
+    image = tf.clip_by_value(image, 0.0, 255.0)
+    return tf.ensure_shape(image, (image_size, image_size, 3))
+
+
+def decode_images(images_bytes, image_size):
+    """Batched `decode_image`: `(batch,)` strings -> `(batch, size, size, 3)` float32."""
+    return tf.map_fn(
+        lambda b: decode_image(b, image_size),
+        images_bytes,
+        fn_output_signature=tf.TensorSpec((image_size, image_size, 3), tf.float32),
+    )
+
+
+def image_dataset(records, image_size, synthetic=None):
+    """An ordered dataset of uint8 `(image_size, image_size, 3)` images of `records`.
+
+    Files are read and decoded in parallel; synthetic images (ids starting with
+    `"synthetic:"`) are rendered by `synthetic`, a `SyntheticCaptions`.
+    Images are stored as uint8 so that an in-memory cache stays 4x smaller.
+    """
+    ids = [r.image for r in records]
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant(ids, dtype=tf.string))
+    if ids and ids[0].startswith(SYNTHETIC_PREFIX + ":"):
+        if synthetic is None:
+            raise ValueError("Synthetic records need the `synthetic` data set to render them.")
+
+        def render(image_id):
+            image = synthetic.render_image(image_id.decode("utf-8"))
+            return image
+
+        def load(image_id):
+            image = tf.numpy_function(render, [image_id], tf.uint8, stateful=False)
+            image = tf.ensure_shape(image, (synthetic.image_size, synthetic.image_size, 3))
+            if synthetic.image_size != image_size:
+                image = tf.image.resize(image, (image_size, image_size), antialias=True)
+                image = tf.cast(tf.round(image), tf.uint8)
+            return image
+
+    else:
+
+        def load(path):
+            image = decode_image(tf.io.read_file(path), image_size)
+            return tf.cast(tf.round(image), tf.uint8)
+
+    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def image_bytes(records, synthetic=None, image_format="jpeg"):
+    """Encoded bytes of each record's image, as a Python list (for exports)."""
+    from mmkeras.data.synthetic_captions import encode_jpeg, encode_png
+
+    encode = encode_jpeg if image_format == "jpeg" else encode_png
+    out = []
+    for record in records:
+        if record.image.startswith(SYNTHETIC_PREFIX + ":"):
+            out.append(encode(synthetic.render_image(record.image)))
+        else:
+            with open(record.image, "rb") as f:
+                out.append(f.read())
+    return out
+
+
+@dataclasses.dataclass
+class CaptionStats:
+    """What tokenization did to the captions of a split."""
+
+    num_captions: int = 0
+    truncated_captions: int = 0
+    max_tokens: int = 0
+
+    def summary(self):
+        return (
+            f"{self.num_captions} captions, {self.truncated_captions} truncated to "
+            f"the sequence length (longest had {self.max_tokens} tokens)"
+        )
+
+
+def caption_stats(records, tokenizer, sequence_length):
+    """Counts captions too long for `sequence_length` (start and end included)."""
+    captions = [c for r in records for c in r.captions]
+    stats = CaptionStats(num_captions=len(captions))
+    if not captions:
+        return stats
+    # Traced, the tokenizer takes its TensorFlow Text path (fast, ragged output).
+    count_tokens = tf.function(lambda texts: tokenizer(texts).row_lengths())
+    lengths = []
+    for start in range(0, len(captions), 4096):
+        lengths.append(count_tokens(tf.constant(captions[start : start + 4096])).numpy())
+    lengths = np.concatenate(lengths)
+    # +2 for the start and end tokens; the model sees sequence_length inputs.
+    stats.truncated_captions = int(np.sum(lengths + 2 > sequence_length + 1))
+    stats.max_tokens = int(lengths.max())
+    return stats
+
+
+def build_augmenter(seed=0):
+    """Train-only augmentation with Keras layers.
+
+    No horizontal flips: they would turn "left of" into a wrong caption.
+    """
+    return keras.Sequential(
+        [
+            keras.layers.RandomTranslation(0.06, 0.06, fill_mode="constant", seed=seed),
+            keras.layers.RandomContrast(0.15, value_range=(0, 255), seed=seed + 1),
+            keras.layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed + 2),
+        ],
+        name="augmenter",
+    )
+
+
+def caption_dataset(
+    records,
+    tokenizer,
+    image_size,
+    sequence_length,
+    batch_size,
+    training,
+    seed=0,
+    synthetic=None,
+    augment=False,
+    cache=True,
+    shuffle_buffer=None,
+):
+    """Builds the teacher-forcing dataset of `ImageCaptioner`.
+
+    Training: images are cached once decoded, shuffled every epoch, repeated,
+    and each visit of an image takes one of its reference captions at random
+    (a stateless choice from the seed and the element's position, so a run is
+    reproducible). Evaluation: every (image, caption) pair once, in order.
+
+    Yields `(x, y, sample_weight)` with `x = {"images", "token_ids",
+    "padding_mask"}`, `y` the next-token targets and `sample_weight` 1.0 on real
+    target tokens and 0.0 on padding.
+    """
+    if not records:
+        raise ValueError("Cannot build a caption dataset from zero records.")
+    images = image_dataset(records, image_size, synthetic)
+    if cache:
+        images = images.cache()
+    captions = tf.ragged.constant([list(r.captions) for r in records], dtype=tf.string)
+    ds = tf.data.Dataset.zip((images, tf.data.Dataset.from_tensor_slices(captions)))
+
+    if training:
+        ds = ds.shuffle(
+            shuffle_buffer or min(len(records), 10000),
+            seed=seed,
+            reshuffle_each_iteration=True,
+        )
+        ds = ds.repeat().enumerate()
+
+        def pick(position, element):
+            image, refs = element
+            n = tf.shape(refs, out_type=tf.int64)[0]
+            choice = tf.random.stateless_uniform(
+                (), seed=tf.stack([tf.cast(seed, tf.int64), position]), maxval=n, dtype=tf.int64
+            )
+            return image, refs[choice]
+
+        ds = ds.map(pick, num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = ds.flat_map(
+            lambda image, refs: tf.data.Dataset.from_tensor_slices(refs).map(
+                lambda caption: (image, caption)
+            )
+        )
+
+    ds = ds.batch(batch_size, drop_remainder=training)
+    packer = keras_hub.layers.StartEndPacker(
+        sequence_length=sequence_length + 1,
+        start_value=tokenizer.token_to_id("[START]"),
+        end_value=tokenizer.token_to_id("[END]"),
+        pad_value=tokenizer.token_to_id("[PAD]"),
+        return_padding_mask=True,
+    )
+    augmenter = build_augmenter(seed) if (training and augment) else None
+
+    def to_model_inputs(images, captions):
+        images = tf.cast(images, tf.float32)
+        if augmenter is not None:
+            images = augmenter(images, training=True)
+        token_ids, padding_mask = packer(tokenizer(captions))
+        x = {
+            "images": images,
+            "token_ids": token_ids[:, :-1],
+            "padding_mask": padding_mask[:, :-1],
+        }
+        return x, token_ids[:, 1:], tf.cast(padding_mask[:, 1:], tf.float32)
+
+    ds = ds.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def eval_image_dataset(records, image_size, batch_size, synthetic=None):
+    """Batches of float32 images of `records`, in order, for generation."""
+    ds = image_dataset(records, image_size, synthetic)
+    ds = ds.map(lambda image: tf.cast(image, tf.float32), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

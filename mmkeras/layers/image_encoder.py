@@ -1,0 +1,230 @@
+"""Image encoder: pixels to a grid of tokens plus a pooled vector."""
+
+import keras
+import keras_hub
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="mmkeras")
+class ImageEncoder(keras.layers.Layer):
+    """Encodes images into grid tokens `(batch, tokens, hidden_dim)` and a pooled vector.
+
+    By default a small convolutional stem trained from scratch (stride-2 stages
+    of two 3x3 convolutions with batch norm), which is what a 2-core CPU can
+    train in minutes. Alternatively any keras-hub vision backbone, given as an
+    instance, as a class name plus constructor arguments, or as a keras-hub
+    preset directory on local disk (pretrained weights are loaded from it). Its
+    feature map or token sequence is projected to `hidden_dim`.
+
+    Grid tokens get learned position embeddings so that attention can tell
+    left from right, which spatial captions ("a circle left of a square") need.
+
+    Args:
+        hidden_dim: int, width of the output tokens.
+        stem_filters: tuple of ints, filters of each stride-2 stage of the
+            default stem. A 64 px image with 3 stages gives an 8x8 token grid.
+        backbone: optional keras-hub `Backbone` (or any Keras layer mapping
+            images to a feature map or token sequence) used instead of the stem.
+        backbone_class: optional name of a `keras_hub.models` backbone class,
+            e.g. `"ResNetBackbone"`, built with `backbone_kwargs`.
+        backbone_kwargs: dict of constructor arguments for `backbone_class`.
+        backbone_preset: optional path of a keras-hub preset directory.
+        backbone_trainable: bool, whether backbone weights are fine-tuned.
+        pixel_scale, pixel_offset: floats; images arrive in `[0, 255]` and are
+            mapped to `images * pixel_scale + pixel_offset` first.
+        dropout: float, dropout on the output tokens.
+        **kwargs: base layer arguments.
+
+    Call arguments:
+        images: float tensor `(batch, height, width, 3)` in `[0, 255]`, with a
+            static height and width.
+        training: bool.
+
+    Returns:
+        A dict with `"tokens"` `(batch, num_tokens, hidden_dim)` and `"pooled"`
+        `(batch, hidden_dim)`.
+
+    Example:
+    >>> encoder = ImageEncoder(hidden_dim=16, stem_filters=(8, 16))
+    >>> outputs = encoder(keras.random.uniform((2, 32, 32, 3), maxval=255))
+    >>> outputs["tokens"].shape, outputs["pooled"].shape
+    ((2, 64, 16), (2, 16))
+    """
+
+    def __init__(
+        self,
+        hidden_dim=128,
+        stem_filters=(32, 64, 128),
+        backbone=None,
+        backbone_class=None,
+        backbone_kwargs=None,
+        backbone_preset=None,
+        backbone_trainable=True,
+        pixel_scale=1.0 / 255.0,
+        pixel_offset=0.0,
+        dropout=0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        sources = [s is not None for s in (backbone, backbone_class, backbone_preset)]
+        if sum(sources) > 1:
+            raise ValueError(
+                "Pass at most one of `backbone`, `backbone_class` and "
+                f"`backbone_preset`. Received: backbone={backbone}, "
+                f"backbone_class={backbone_class}, backbone_preset={backbone_preset}"
+            )
+        if not isinstance(hidden_dim, int) or hidden_dim < 1:
+            raise ValueError(f"`hidden_dim` must be a positive int. Received: hidden_dim={hidden_dim}")
+        stem_filters = tuple(int(f) for f in stem_filters)
+        if not stem_filters or min(stem_filters) < 1:
+            raise ValueError(
+                f"`stem_filters` must be non-empty and positive. Received: stem_filters={stem_filters}"
+            )
+        self.hidden_dim = hidden_dim
+        self.stem_filters = stem_filters
+        self.backbone_class = backbone_class
+        self.backbone_kwargs = dict(backbone_kwargs or {})
+        self.backbone_preset = backbone_preset
+        self.backbone_trainable = backbone_trainable
+        self.pixel_scale = pixel_scale
+        self.pixel_offset = pixel_offset
+        self.dropout = dropout
+
+        if isinstance(backbone, dict):
+            backbone = keras.layers.deserialize(backbone)
+        if backbone_class is not None:
+            cls = getattr(keras_hub.models, backbone_class, None)
+            if cls is None:
+                raise ValueError(
+                    f"`backbone_class` must name a class in keras_hub.models. "
+                    f"Received: backbone_class={backbone_class}"
+                )
+            backbone = cls(**self.backbone_kwargs)
+        if backbone_preset is not None:
+            # A local directory only: hub names would need the network.
+            backbone = keras_hub.models.Backbone.from_preset(backbone_preset)
+        self.backbone = backbone
+        if backbone is not None:
+            backbone.trainable = backbone_trainable
+            self.stem = []
+        else:
+            self.stem = []
+            for i, filters in enumerate(stem_filters):
+                for j, strides in enumerate((2, 1)):
+                    self.stem.append(
+                        keras.layers.Conv2D(
+                            filters,
+                            3,
+                            strides=strides,
+                            padding="same",
+                            use_bias=False,
+                            dtype=self.dtype_policy,
+                            name=f"stem_{i}_conv_{j}",
+                        )
+                    )
+                    self.stem.append(
+                        keras.layers.BatchNormalization(
+                            dtype=self.dtype_policy, name=f"stem_{i}_norm_{j}"
+                        )
+                    )
+                    self.stem.append(
+                        keras.layers.Activation(
+                            "relu", dtype=self.dtype_policy, name=f"stem_{i}_relu_{j}"
+                        )
+                    )
+        self.projection = keras.layers.Dense(
+            hidden_dim, dtype=self.dtype_policy, name="projection"
+        )
+        self.position_embedding = None  # Needs the token count: see build().
+        self.norm = keras.layers.LayerNormalization(
+            epsilon=1e-5, dtype=self.dtype_policy, name="norm"
+        )
+        self.token_dropout = keras.layers.Dropout(
+            dropout, dtype=self.dtype_policy, name="token_dropout"
+        )
+
+    def _features_shape(self, images_shape, build=False):
+        shape = tuple(images_shape)
+        if self.backbone is not None:
+            if build and not self.backbone.built:
+                self.backbone.build(shape)
+            out = self.backbone.compute_output_shape(shape)
+            if isinstance(out, dict):
+                out = out[sorted(out)[-1]]
+            return tuple(out)
+        for layer in self.stem:
+            if build:
+                layer.build(shape)
+            shape = tuple(layer.compute_output_shape(shape))
+        return shape
+
+    def build(self, images_shape):
+        if images_shape[1] is None or images_shape[2] is None:
+            raise ValueError(
+                "`ImageEncoder` needs a static image height and width. "
+                f"Received: images_shape={images_shape}"
+            )
+        features = self._features_shape(images_shape, build=True)
+        if len(features) == 4:
+            num_tokens = features[1] * features[2]
+        elif len(features) == 3:
+            num_tokens = features[1]
+        else:
+            raise ValueError(
+                "The backbone must output a feature map (batch, h, w, c) or a "
+                f"token sequence (batch, tokens, c). Received output shape {features}"
+            )
+        tokens_shape = (images_shape[0], num_tokens, features[-1])
+        self.projection.build(tokens_shape)
+        hidden_shape = (images_shape[0], num_tokens, self.hidden_dim)
+        self.position_embedding = keras_hub.layers.PositionEmbedding(
+            num_tokens, dtype=self.dtype_policy, name="position_embedding"
+        )
+        self.position_embedding.build(hidden_shape)
+        self.norm.build(hidden_shape)
+        self.built = True
+
+    def call(self, images, training=None):
+        x = ops.cast(images, self.compute_dtype)
+        x = x * ops.cast(self.pixel_scale, x.dtype) + ops.cast(self.pixel_offset, x.dtype)
+        if self.backbone is not None:
+            x = self.backbone(x, training=training and self.backbone_trainable)
+            if isinstance(x, dict):
+                x = x[sorted(x)[-1]]
+        else:
+            for layer in self.stem:
+                x = layer(x, training=training)
+        if len(x.shape) == 4:
+            x = ops.reshape(x, (ops.shape(x)[0], -1, x.shape[-1]))
+        x = self.projection(x)
+        x = x + self.position_embedding(x)
+        tokens = self.token_dropout(self.norm(x), training=training)
+        return {"tokens": tokens, "pooled": ops.mean(tokens, axis=1)}
+
+    def compute_output_shape(self, images_shape):
+        features = self._features_shape(images_shape)
+        num_tokens = features[1] * features[2] if len(features) == 4 else features[1]
+        return {
+            "tokens": (images_shape[0], num_tokens, self.hidden_dim),
+            "pooled": (images_shape[0], self.hidden_dim),
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "hidden_dim": self.hidden_dim,
+                "stem_filters": list(self.stem_filters),
+                "backbone_class": self.backbone_class,
+                "backbone_kwargs": self.backbone_kwargs,
+                "backbone_preset": self.backbone_preset,
+                "backbone_trainable": self.backbone_trainable,
+                "pixel_scale": self.pixel_scale,
+                "pixel_offset": self.pixel_offset,
+                "dropout": self.dropout,
+                "backbone": None,
+            }
+        )
+        if self.backbone is not None and not (self.backbone_class or self.backbone_preset):
+            config["backbone"] = keras.layers.serialize(self.backbone)
+        return config

@@ -1,0 +1,426 @@
+"""Image captioning model: image encoder + Transformer decoder with cross-attention."""
+
+import keras
+import keras_hub
+import tensorflow as tf
+from keras import ops
+
+from mmkeras.data.tokenizer import detokenize_generated
+from mmkeras.layers.image_encoder import ImageEncoder
+from mmkeras.layers.text_decoder import TextDecoder
+
+GENERATION_METHODS = ("greedy", "beam", "top_k")
+
+
+class _FunctionCache:
+    """Compiled generate functions, kept out of Keras/TF object tracking."""
+
+    def __init__(self):
+        self.functions = {}
+
+
+@keras.saving.register_keras_serializable(package="mmkeras")
+class ImageCaptioner(keras.Model):
+    """Generates captions for images (Vinyals et al., 2015; Xu et al., 2015).
+
+    An `ImageEncoder` turns each image into grid tokens, and a `TextDecoder`
+    predicts the caption token by token while attending to them through
+    `CrossModalAttention`. Training uses teacher forcing: inputs are the caption
+    shifted right, targets the caption, and padding is masked out of the loss and
+    of the token accuracy. `generate()` runs greedy, beam or top-k decoding as a
+    single compiled `while` loop with a key/value cache: each step feeds one
+    token and reuses the keys and values of all earlier ones.
+
+    Args:
+        image_encoder: an `ImageEncoder`.
+        text_decoder: a `TextDecoder`.
+        tokenizer: optional `keras_hub` `WordPieceTokenizer`; needed by
+            `caption()` and saved with the model (its vocabulary travels as an
+            asset of the `.keras` file).
+        image_size: int, images are resized to `(image_size, image_size)`
+            before the encoder; recorded for preprocessing and export.
+        start_token_id, end_token_id, pad_token_id: ints, special token ids.
+        **kwargs: base model arguments.
+
+    Call arguments:
+        inputs: dict with `"images"` float `(batch, image_size, image_size, 3)`
+            in `[0, 255]`, `"token_ids"` int `(batch, length)` and optionally
+            `"padding_mask"` `(batch, length)`.
+        training: bool.
+
+    Returns:
+        A dict with `"logits"` `(batch, length, vocabulary_size)`.
+
+    Example:
+    >>> captioner = ImageCaptioner(
+    ...     ImageEncoder(hidden_dim=16, stem_filters=(8, 16)),
+    ...     TextDecoder(vocabulary_size=20, sequence_length=6, hidden_dim=16,
+    ...                 num_layers=1, num_heads=2, intermediate_dim=32),
+    ...     image_size=32)
+    >>> images = keras.random.uniform((2, 32, 32, 3), maxval=255)
+    >>> captioner.generate(images)["token_ids"].shape
+    TensorShape([2, 6])
+    """
+
+    def __init__(
+        self,
+        image_encoder,
+        text_decoder,
+        tokenizer=None,
+        image_size=64,
+        start_token_id=2,
+        end_token_id=3,
+        pad_token_id=0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if text_decoder.hidden_dim != image_encoder.hidden_dim:
+            # Cross-attention could bridge widths, but equal widths keep the
+            # pooled image vector usable by the decoder and later heads.
+            raise ValueError(
+                "The image encoder and text decoder must have the same hidden_dim. "
+                f"Received: {image_encoder.hidden_dim} and {text_decoder.hidden_dim}"
+            )
+        self.image_encoder = image_encoder
+        self.text_decoder = text_decoder
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.start_token_id = start_token_id
+        self.end_token_id = end_token_id
+        self.pad_token_id = pad_token_id
+        self.token_loss = keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction="mean_with_sample_weight", name="token_loss"
+        )
+        self.token_accuracy = keras.metrics.SparseCategoricalAccuracy(
+            name="token_accuracy"
+        )
+        self._generate_functions = _FunctionCache()
+
+    def build(self, inputs_shape):
+        images_shape = inputs_shape["images"]
+        self.image_encoder.build(images_shape)
+        tokens_shape = self.image_encoder.compute_output_shape(images_shape)["tokens"]
+        self.text_decoder.build(inputs_shape["token_ids"], tokens_shape)
+        self.built = True
+
+    def call(self, inputs, training=None):
+        image_tokens = self.image_encoder(inputs["images"], training=training)["tokens"]
+        logits = self.text_decoder(
+            inputs["token_ids"],
+            image_tokens,
+            padding_mask=inputs.get("padding_mask"),
+            training=training,
+        )
+        return {"logits": logits}
+
+    def compute_attention_maps(self, images, token_ids):
+        """Cross-attention of each caption token over the image grid.
+
+        Returns a list (one per decoder block) of `(batch, heads, length,
+        image_tokens)` attention probabilities.
+        """
+        image_tokens = self.image_encoder(images, training=False)["tokens"]
+        _, scores = self.text_decoder(
+            token_ids, image_tokens, return_attention_scores=True, training=False
+        )
+        return scores
+
+    # Loss and metrics live on the model so that `fit` and the custom
+    # distributed loop share one definition of the training step.
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        logits = y_pred["logits"] if isinstance(y_pred, dict) else y_pred
+        if sample_weight is None:
+            sample_weight = ops.cast(ops.not_equal(y, self.pad_token_id), "float32")
+        # The Loss object divides by the summed weights (the number of real
+        # tokens) and scales by 1 / replicas under a distribution strategy.
+        loss = self.token_loss(y, logits, sample_weight=sample_weight)
+        for extra in self.losses:
+            loss = loss + ops.cast(ops.sum(extra), loss.dtype)
+        return loss
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        logits = y_pred["logits"] if isinstance(y_pred, dict) else y_pred
+        if sample_weight is None:
+            sample_weight = ops.cast(ops.not_equal(y, self.pad_token_id), "float32")
+        self.token_accuracy.update_state(y, logits, sample_weight=sample_weight)
+        return self.get_metrics_result()
+
+    # Generation.
+    def _sampler(self, method, num_beams, k, temperature, seed):
+        if method == "greedy":
+            return keras_hub.samplers.GreedySampler()
+        if method == "beam":
+            return keras_hub.samplers.BeamSampler(num_beams=num_beams)
+        return keras_hub.samplers.TopKSampler(k=k, seed=seed, temperature=temperature)
+
+    def _constrain_logits(self, logits, previous_token):
+        # Once a sequence has ended, only padding may follow, with probability
+        # one: greedy output stays clean and finished beams keep their score.
+        # Before that, padding and the start token are never generated, or beam
+        # search would "finish" sequences by emitting padding.
+        finished = ops.logical_or(
+            ops.equal(previous_token, self.end_token_id),
+            ops.equal(previous_token, self.pad_token_id),
+        )[:, None]
+        vocabulary = ops.arange(ops.shape(logits)[-1])[None, :]
+        is_pad = ops.equal(vocabulary, self.pad_token_id)
+        never = ops.logical_or(is_pad, ops.equal(vocabulary, self.start_token_id))
+        blocked = ops.cast(-1e9, logits.dtype)
+        open_logits = ops.where(never, blocked, logits)
+        pad_only = ops.where(is_pad, ops.cast(0.0, logits.dtype), blocked)
+        return ops.where(finished, pad_only, open_logits)
+
+    def generate_tokens(
+        self,
+        images,
+        method="greedy",
+        max_length=None,
+        num_beams=3,
+        k=5,
+        temperature=1.0,
+        seed=None,
+        use_cache=True,
+        sampler=None,
+    ):
+        """Graph-friendly generation body; `generate()` compiles and caches it.
+
+        Returns a dict with `"token_ids"` `(batch, max_length)` (starting with
+        the start token, padded after the end token) and `"scores"` `(batch,)`,
+        the mean log-probability per generated token including the end token.
+        """
+        if method not in GENERATION_METHODS:
+            raise ValueError(
+                f"`method` must be one of {GENERATION_METHODS}. Received: method={method}"
+            )
+        max_length = max_length or self.text_decoder.sequence_length
+        if not 2 <= max_length <= self.text_decoder.sequence_length:
+            raise ValueError(
+                "`max_length` must be between 2 and the decoder's sequence_length "
+                f"({self.text_decoder.sequence_length}). Received: max_length={max_length}"
+            )
+        vocabulary_size = self.text_decoder.vocabulary_size
+        if method == "top_k" and not 1 <= k <= vocabulary_size:
+            raise ValueError(
+                f"`k` must be between 1 and the vocabulary size ({vocabulary_size}). "
+                f"Received: k={k}"
+            )
+        if method == "beam" and not 1 <= num_beams <= vocabulary_size:
+            raise ValueError(f"`num_beams` must be between 1 and {vocabulary_size}. Received: num_beams={num_beams}")
+        sampler = sampler or self._sampler(method, num_beams, k, temperature, seed)
+        image_tokens = self.image_encoder(images, training=False)["tokens"]
+        batch = ops.shape(image_tokens)[0]
+        prompt = ops.concatenate(
+            [
+                ops.full((batch, 1), self.start_token_id, dtype="int32"),
+                ops.full((batch, max_length - 1), self.pad_token_id, dtype="int32"),
+            ],
+            axis=1,
+        )
+        prompt_mask = ops.concatenate(
+            [ops.ones((batch, 1), "bool"), ops.zeros((batch, max_length - 1), "bool")],
+            axis=1,
+        )
+
+        if use_cache:
+            cache = self.text_decoder.initial_cache(image_tokens, max_length)
+
+            def next_token_logits(prompt, cache, index):
+                previous = ops.slice(prompt, [0, index - 1], [ops.shape(prompt)[0], 1])
+                logits, hidden, cache = self.text_decoder.call_with_cache(
+                    previous, cache, index - 1
+                )
+                logits = self._constrain_logits(logits[:, 0, :], previous[:, 0])
+                return logits, hidden[:, 0, :], cache
+
+        else:
+            # The baseline the cache is measured against: the whole sequence
+            # goes through the decoder again at every step.
+            cache = {"image_tokens": image_tokens}
+
+            def next_token_logits(prompt, cache, index):
+                logits = self.text_decoder(prompt, cache["image_tokens"], training=False)
+                logits = ops.take(logits, index - 1, axis=1)
+                previous = ops.take(prompt, index - 1, axis=1)
+                return self._constrain_logits(logits, previous), None, cache
+
+        token_ids = sampler(
+            next_token_logits,
+            prompt,
+            cache=cache,
+            index=1,
+            mask=prompt_mask,
+            stop_token_ids=[self.end_token_id],
+        )
+        scores = self._sequence_scores(image_tokens, token_ids)
+        return {"token_ids": token_ids, "scores": scores}
+
+    def _sequence_scores(self, image_tokens, token_ids):
+        logits = self.text_decoder(token_ids[:, :-1], image_tokens, training=False)
+        log_probs = ops.log_softmax(logits, axis=-1)
+        targets = token_ids[:, 1:]
+        picked = ops.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+        # Count generated tokens up to and including the first end token.
+        ended_before = ops.cumsum(ops.cast(ops.equal(targets, self.end_token_id), "int32"), axis=1)
+        ended_before = ended_before - ops.cast(ops.equal(targets, self.end_token_id), "int32")
+        counted = ops.logical_and(
+            ops.equal(ended_before, 0), ops.not_equal(targets, self.pad_token_id)
+        )
+        counted = ops.cast(counted, "float32")
+        return ops.sum(picked * counted, axis=1) / ops.maximum(ops.sum(counted, axis=1), 1.0)
+
+    def generate(
+        self,
+        images,
+        method="greedy",
+        max_length=None,
+        num_beams=3,
+        k=5,
+        temperature=1.0,
+        seed=None,
+        use_cache=True,
+    ):
+        """Generates caption token ids for a batch of images.
+
+        Runs as one compiled graph (a `tf.function` traced once per setting and
+        reused), so there is no per-token Python loop.
+
+        Args:
+            images: float `(batch, image_size, image_size, 3)` in `[0, 255]`.
+            method: `"greedy"`, `"beam"` or `"top_k"`.
+            max_length: int, total length including the start token; defaults
+                to the decoder's `sequence_length`.
+            num_beams: int, beams for `"beam"`.
+            k, temperature, seed: sampling settings for `"top_k"`.
+            use_cache: bool; `False` recomputes the decoder over the whole
+                sequence at each step (for benchmarks and tests only).
+
+        Returns:
+            A dict with `"token_ids"` `(batch, max_length)` and `"scores"`.
+        """
+        key = (method, max_length, num_beams, k, temperature, seed, use_cache)
+        if key not in self._generate_functions.functions:
+            # The sampler (and its seed variable) must exist outside the trace.
+            sampler = self._sampler(method, num_beams, k, temperature, seed)
+
+            def generate_fn(images):
+                return self.generate_tokens(
+                    images,
+                    method=method,
+                    max_length=max_length,
+                    num_beams=num_beams,
+                    k=k,
+                    temperature=temperature,
+                    seed=seed,
+                    use_cache=use_cache,
+                    sampler=sampler,
+                )
+
+            self._generate_functions.functions[key] = tf.function(
+                generate_fn, reduce_retracing=True
+            )
+        images = ops.convert_to_tensor(images, dtype=self.compute_dtype)
+        return self._generate_functions.functions[key](images)
+
+    def detokenize(self, token_ids):
+        """Turns generated token ids into caption strings (`tf.string` tensor)."""
+        if self.tokenizer is None:
+            raise ValueError("This ImageCaptioner has no tokenizer; pass `tokenizer=`.")
+        return detokenize_generated(
+            self.tokenizer, token_ids, self.end_token_id, self.start_token_id
+        )
+
+    def caption(self, images, method="greedy", **kwargs):
+        """Returns a list of caption strings for a batch of images."""
+        outputs = self.generate(images, method=method, **kwargs)
+        captions = self.detokenize(outputs["token_ids"])
+        return [c.decode("utf-8") for c in ops.convert_to_numpy(captions).tolist()]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "image_encoder": keras.layers.serialize(self.image_encoder),
+                "text_decoder": keras.layers.serialize(self.text_decoder),
+                "tokenizer": (
+                    keras.layers.serialize(self.tokenizer) if self.tokenizer else None
+                ),
+                "image_size": self.image_size,
+                "start_token_id": self.start_token_id,
+                "end_token_id": self.end_token_id,
+                "pad_token_id": self.pad_token_id,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for name in ("image_encoder", "text_decoder", "tokenizer"):
+            if config.get(name) is not None:
+                config[name] = keras.layers.deserialize(config[name])
+        return cls(**config)
+
+
+def build_image_captioner(
+    vocabulary_size,
+    sequence_length,
+    image_size=64,
+    hidden_dim=128,
+    num_layers=2,
+    num_heads=4,
+    intermediate_dim=512,
+    dropout=0.1,
+    stem_filters=(32, 64, 128),
+    backbone_class=None,
+    backbone_kwargs=None,
+    backbone_preset=None,
+    tokenizer=None,
+    start_token_id=2,
+    end_token_id=3,
+    pad_token_id=0,
+    dtype=None,
+):
+    """Builds an `ImageCaptioner` from plain hyperparameters, with its weights.
+
+    Returns a built model (called once on zeros), so summaries, checkpoints
+    and weight loading work before the first training step.
+    """
+    encoder = ImageEncoder(
+        hidden_dim=hidden_dim,
+        stem_filters=stem_filters,
+        backbone_class=backbone_class,
+        backbone_kwargs=backbone_kwargs,
+        backbone_preset=backbone_preset,
+        dtype=dtype,
+        name="image_encoder",
+    )
+    decoder = TextDecoder(
+        vocabulary_size=vocabulary_size,
+        sequence_length=sequence_length,
+        hidden_dim=hidden_dim,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        intermediate_dim=intermediate_dim,
+        dropout=dropout,
+        dtype=dtype,
+        name="text_decoder",
+    )
+    model = ImageCaptioner(
+        encoder,
+        decoder,
+        tokenizer=tokenizer,
+        image_size=image_size,
+        start_token_id=start_token_id,
+        end_token_id=end_token_id,
+        pad_token_id=pad_token_id,
+        dtype=dtype,
+        name="image_captioner",
+    )
+    model(
+        {
+            "images": ops.zeros((1, image_size, image_size, 3)),
+            "token_ids": ops.zeros((1, sequence_length), "int32"),
+            "padding_mask": ops.ones((1, sequence_length), "int32"),
+        }
+    )
+    return model
