@@ -10,6 +10,7 @@ INSTALL_REQUIRES = [
     "keras-hub==0.32.0",
     "tensorflow-text==2.21.1",
     "tensorflow-serving-api==2.21.0",
+    "tensorboard==2.21.0",  # tensorflow 2.21 no longer pulls it in; needed for logs/
     "absl-py>=2.1",
     "numpy",
     "pillow",
