@@ -17,6 +17,7 @@ from mmkeras.data.synthetic_captions import SyntheticCaptions
 from mmkeras.data.tokenizer import build_tokenizer, learn_vocabulary, special_token_ids
 from mmkeras.metrics import caption_metrics
 from mmkeras.models import build_image_captioner
+from training import config as config_lib
 
 
 def load_splits(data_cfg, seed):
@@ -88,6 +89,10 @@ def generate_captions(model, records, image_size, batch_size, synthetic=None, me
 
 def run(cfg, model_dir, export_dir, strategy, verbose=1):
     """Trains, evaluates and exports a captioner; returns a dict of results."""
+    os.makedirs(model_dir, exist_ok=True)
+    # Written before training starts, so a crashed run still says what it was.
+    with open(os.path.join(model_dir, "config.json"), "w") as f:
+        f.write(config_lib.to_json(cfg))
     keras.utils.set_random_seed(cfg.train.seed)
     data_cfg = cfg.data
     splits, report, synthetic = load_splits(data_cfg, cfg.train.seed)
@@ -142,6 +147,7 @@ def run(cfg, model_dir, export_dir, strategy, verbose=1):
             intermediate_dim=cfg.model.intermediate_dim,
             dropout=cfg.model.dropout,
             stem_filters=cfg.model.stem_filters,
+            convs_per_stage=cfg.model.convs_per_stage,
             backbone_class=cfg.model.backbone_class,
             backbone_preset=cfg.model.backbone_preset,
             tokenizer=tokenizer,

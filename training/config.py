@@ -17,7 +17,7 @@ class DataConfig:
     image_size: int = 64
     sequence_length: int = 25
     vocabulary_size: int = 2000
-    batch_size: int = 64
+    batch_size: int = 32
     augment: bool = False
     skip_bad_examples: bool = False
     synthetic_num_train: int = 20000
@@ -34,14 +34,16 @@ class ModelConfig:
     intermediate_dim: int = 256
     dropout: float = 0.1
     stem_filters: typing.Tuple[int, ...] = (32, 64, 128)
+    convs_per_stage: int = 2
     backbone_class: typing.Optional[str] = None
     backbone_preset: typing.Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 1500
-    max_minutes: float = 0.0
+    steps: int = 3000
+    # Safety net for the 5-minute default run on a slow or busy machine.
+    max_minutes: float = 3.3
     learning_rate: float = 2e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01

@@ -104,12 +104,6 @@ def main(argv):
         raise app.UsageError(str(e))
     os.makedirs(FLAGS.model_dir, exist_ok=True)
 
-    from training import config as config_lib
-
-    with open(os.path.join(FLAGS.model_dir, "config.json"), "w") as f:
-        f.write(config_lib.to_json(cfg))
-    logging.info("Resolved config written to %s/config.json", FLAGS.model_dir)
-
     from training import caption_task
 
     strategy = make_strategy()

@@ -23,6 +23,8 @@ class ImageEncoder(keras.layers.Layer):
         hidden_dim: int, width of the output tokens.
         stem_filters: tuple of ints, filters of each stride-2 stage of the
             default stem. A 64 px image with 3 stages gives an 8x8 token grid.
+        convs_per_stage: int (1-3), 3x3 convolutions per stage; the first has
+            stride 2.
         backbone: optional keras-hub `Backbone` (or any Keras layer mapping
             images to a feature map or token sequence) used instead of the stem.
         backbone_class: optional name of a `keras_hub.models` backbone class,
@@ -55,6 +57,7 @@ class ImageEncoder(keras.layers.Layer):
         self,
         hidden_dim=128,
         stem_filters=(32, 64, 128),
+        convs_per_stage=2,
         backbone=None,
         backbone_class=None,
         backbone_kwargs=None,
@@ -82,6 +85,11 @@ class ImageEncoder(keras.layers.Layer):
             )
         self.hidden_dim = hidden_dim
         self.stem_filters = stem_filters
+        if convs_per_stage not in (1, 2, 3):
+            raise ValueError(
+                f"`convs_per_stage` must be 1, 2 or 3. Received: convs_per_stage={convs_per_stage}"
+            )
+        self.convs_per_stage = convs_per_stage
         self.backbone_class = backbone_class
         self.backbone_kwargs = dict(backbone_kwargs or {})
         self.backbone_preset = backbone_preset
@@ -110,7 +118,7 @@ class ImageEncoder(keras.layers.Layer):
         else:
             self.stem = []
             for i, filters in enumerate(stem_filters):
-                for j, strides in enumerate((2, 1)):
+                for j, strides in enumerate((2, 1, 1)[:convs_per_stage]):
                     self.stem.append(
                         keras.layers.Conv2D(
                             filters,
@@ -215,6 +223,7 @@ class ImageEncoder(keras.layers.Layer):
             {
                 "hidden_dim": self.hidden_dim,
                 "stem_filters": list(self.stem_filters),
+                "convs_per_stage": self.convs_per_stage,
                 "backbone_class": self.backbone_class,
                 "backbone_kwargs": self.backbone_kwargs,
                 "backbone_preset": self.backbone_preset,

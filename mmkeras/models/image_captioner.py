@@ -371,6 +371,7 @@ def build_image_captioner(
     intermediate_dim=512,
     dropout=0.1,
     stem_filters=(32, 64, 128),
+    convs_per_stage=2,
     backbone_class=None,
     backbone_kwargs=None,
     backbone_preset=None,
@@ -388,6 +389,7 @@ def build_image_captioner(
     encoder = ImageEncoder(
         hidden_dim=hidden_dim,
         stem_filters=stem_filters,
+        convs_per_stage=convs_per_stage,
         backbone_class=backbone_class,
         backbone_kwargs=backbone_kwargs,
         backbone_preset=backbone_preset,

@@ -1,0 +1,122 @@
+"""Exports a briefly trained captioner and checks it as TF Serving would see it."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mmkeras.data.caption_pipeline import decode_images, image_bytes
+from training import caption_task
+from training import config as config_lib
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    cfg = config_lib.override(config_lib.get_experiment("caption_tiny"), ["train.steps=30"])
+    model_dir, export_dir = str(root / "run"), str(root / "saved_models")
+    os.makedirs(model_dir)
+    results = caption_task.run(cfg, model_dir, export_dir, tf.distribute.get_strategy(), verbose=0)
+    splits, _, synthetic = caption_task.load_splits(cfg.data, cfg.train.seed)
+    jpegs = image_bytes(splits["test"][:6], synthetic, image_format="jpeg")
+    return results, model_dir, jpegs
+
+
+def test_run_writes_model_dir(trained):
+    results, model_dir, _ = trained
+    for name in ("config.json", "vocabulary.txt", "eval_metrics.json", "samples.json", "model.keras", "data_report.json"):
+        assert os.path.exists(os.path.join(model_dir, name)), name
+    assert os.listdir(os.path.join(model_dir, "logs"))
+    assert os.listdir(os.path.join(model_dir, "checkpoints"))
+    metrics = json.load(open(os.path.join(model_dir, "eval_metrics.json")))
+    for key in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider", "token_accuracy",
+                "num_test_images", "train_steps"):
+        assert key in metrics, key
+    assert metrics["train_steps"] == 30
+    assert metrics["num_test_images"] == 32
+    assert results["export_path"].endswith(os.path.join("captioner", "1"))
+
+
+def test_saved_model_cli_lists_signatures(trained):
+    results, _, _ = trained
+    out = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "saved_model_cli"), "show", "--all",
+         "--dir", results["export_path"]],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    for fragment in ("signature_def['serving_default']", "signature_def['beam_search']",
+                     "inputs['images']", "outputs['captions']", "outputs['scores']", "DT_STRING", "DT_FLOAT"):
+        assert fragment in out, fragment
+    # Only ops TF Serving has: no XLA clusters in the serving graph.
+    assert "XlaLaunch" not in out and "_XlaCompile" not in out
+
+
+FRESH_PROCESS = textwrap.dedent(
+    """
+    import json, sys
+    import tensorflow as tf
+    import tensorflow_text  # registers the TF Text ops the export uses
+    path, images_file = sys.argv[1], sys.argv[2]
+    images = json.load(open(images_file))
+    images = [bytes.fromhex(h) for h in images]
+    loaded = tf.saved_model.load(path)
+    out = {}
+    for name in ("serving_default", "beam_search"):
+        result = loaded.signatures[name](images=tf.constant(images))
+        out[name] = {
+            "captions": [c.decode() for c in result["captions"].numpy().tolist()],
+            "scores": result["scores"].numpy().tolist(),
+        }
+    assert not any(m.startswith(("mmkeras", "keras_hub")) for m in sys.modules), "export needs the library"
+    print(json.dumps(out))
+    """
+)
+
+
+def test_fresh_process_matches_in_memory_model(trained, tmp_path):
+    results, _, jpegs = trained
+    model = results["model"]
+    images_file = tmp_path / "images.json"
+    images_file.write_text(json.dumps([b.hex() for b in jpegs]))
+    script = tmp_path / "load.py"
+    script.write_text(FRESH_PROCESS)
+    proc = subprocess.run([sys.executable, str(script), results["export_path"], str(images_file)],
+                          capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    served = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    pixels = decode_images(tf.constant(jpegs), model.image_size)
+    for name, method in (("serving_default", "greedy"), ("beam_search", "beam")):
+        expected = model.generate(pixels, method=method)
+        assert served[name]["captions"] == model.caption(pixels, method=method)
+        np.testing.assert_allclose(served[name]["scores"], expected["scores"].numpy(), atol=1e-5)
+
+
+def test_export_rejects_non_image_bytes_naming_the_input(trained):
+    results, _, jpegs = trained
+    loaded = tf.saved_model.load(results["export_path"])
+    serve = loaded.signatures["serving_default"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="images"):
+        serve(images=tf.constant([jpegs[0], b"this is not an image"]))
+    # The same loaded model keeps answering good requests afterwards.
+    assert serve(images=tf.constant(jpegs[:1]))["captions"].shape == (1,)
+
+
+def test_versions_are_atomic_and_increment(trained, tmp_path):
+    from serving.export import export_captioner
+
+    results, model_dir, _ = trained
+    model = results["model"]
+    first = export_captioner(model, str(tmp_path), version=None)
+    second = export_captioner(model, str(tmp_path), version=None)
+    assert [os.path.basename(first), os.path.basename(second)] == ["1", "2"]
+    assert sorted(os.listdir(tmp_path / "captioner")) == ["1", "2"], "no temporary dirs left behind"
+    with pytest.raises(FileExistsError):
+        export_captioner(model, str(tmp_path), version=2)
