@@ -38,7 +38,7 @@ def test_cross_modal_attention_cache_matches_full_call():
     x = RNG.normal(size=(2, 4, 8)).astype("float32")
     full_mask = np.tril(np.ones((4, 4), bool))[None]
     full = ops.convert_to_numpy(layer(x, x, attention_mask=full_mask))
-    cache = ops.zeros((2, 2, 4, 2, 4))
+    cache = (ops.zeros((2, 4, 2, 4)), ops.zeros((2, 4, 2, 4)))
     for i in range(4):
         step = x[:, i : i + 1]
         mask = (np.arange(4) <= i)[None, None, :]
@@ -138,9 +138,10 @@ def test_text_decoder_cache_matches_full_call():
     tokens = RNG.integers(1, 30, size=(2, 6)).astype("int32")
     image = RNG.normal(size=(2, 9, 16)).astype("float32")
     full = ops.convert_to_numpy(decoder(tokens, image))
-    cache = decoder.initial_cache(image, 6)
+    cache = decoder.initial_cache(2, 6)
+    image_cache = decoder.image_cache(image)
     for i in range(6):
-        logits, _, cache = decoder.call_with_cache(tokens[:, i : i + 1], cache, i)
+        logits, _, cache = decoder.call_with_cache(tokens[:, i : i + 1], cache, i, image_cache)
         np.testing.assert_allclose(ops.convert_to_numpy(logits)[:, 0], full[:, i], atol=1e-4)
 
 

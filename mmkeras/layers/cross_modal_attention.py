@@ -33,8 +33,10 @@ class CrossModalAttention(keras.layers.Layer):
             (usually one); with a `cache` and no index, ignored.
         attention_mask: optional bool tensor `(batch, query_length,
             context_length)` (or broadcastable); `True` means "may attend".
-        cache: optional float tensor `(batch, 2, cache_length, num_heads,
-            key_dim)` of projected keys and values (see `compute_cache`).
+        cache: optional tuple `(key, value)` of float tensors `(batch,
+            cache_length, num_heads, key_dim)`: projected keys and values (see
+            `compute_cache`). A tuple rather than one stacked tensor, so that a
+            generation step copies only what it updates.
         cache_update_index: optional int, where the keys/values projected from
             `context` are written into `cache` before attending.
         return_attention_scores: bool, also return the attention
@@ -124,11 +126,10 @@ class CrossModalAttention(keras.layers.Layer):
     def compute_cache(self, context):
         """Projects `context` once into keys and values for later calls.
 
-        Returns a tensor `(batch, 2, context_length, num_heads, key_dim)`.
+        Returns a tuple `(key, value)`, each `(batch, context_length,
+        num_heads, key_dim)`.
         """
-        key = self.key_dense(context)
-        value = self.value_dense(context)
-        return ops.stack([key, value], axis=1)
+        return self.key_dense(context), self.value_dense(context)
 
     def call(
         self,
@@ -143,15 +144,15 @@ class CrossModalAttention(keras.layers.Layer):
         if context is None:
             context = query
         if cache is not None and cache_update_index is None:
-            key, value = cache[:, 0], cache[:, 1]
+            key, value = cache
         else:
             key = self.key_dense(context)
             value = self.value_dense(context)
             if cache is not None:
                 start = [0, cache_update_index, 0, 0]
-                key = ops.slice_update(cache[:, 0], start, key)
-                value = ops.slice_update(cache[:, 1], start, value)
-                cache = ops.stack([key, value], axis=1)
+                key = ops.slice_update(cache[0], start, key)
+                value = ops.slice_update(cache[1], start, value)
+                cache = (key, value)
 
         query = self.query_dense(query)
         # Scale before the matmul, and keep the softmax in float32, so that

@@ -166,60 +166,56 @@ class TextDecoder(keras.layers.Layer):
             return logits, all_scores
         return logits
 
-    def initial_cache(self, image_tokens, max_length):
-        """Builds the generation cache for a batch of images.
+    def initial_cache(self, batch_size, max_length):
+        """Empty self-attention cache for generation.
 
-        Args:
-            image_tokens: float tensor `(batch, image_length, image_dim)`.
-            max_length: int, number of positions to reserve.
-
-        Returns:
-            A dict with `"self"`: zeros `(batch, num_layers, 2, max_length,
-            num_heads, head_dim)`, and `"cross"`: the image keys/values of every
-            block `(batch, num_layers, 2, image_length, num_heads, head_dim)`,
-            projected once instead of at every generated token.
+        Returns a tuple with one `(key, value)` pair of zeros `(batch_size,
+        max_length, num_heads, head_dim)` per block.
         """
-        batch = ops.shape(image_tokens)[0]
-        self_cache = ops.zeros(
-            (batch, self.num_layers, 2, max_length, self.num_heads, self.head_dim),
-            dtype=self.compute_dtype,
+        shape = (batch_size, max_length, self.num_heads, self.head_dim)
+        return tuple(
+            (ops.zeros(shape, self.compute_dtype), ops.zeros(shape, self.compute_dtype))
+            for _ in self.blocks
         )
-        cross_cache = ops.stack(
-            [block.cross_attention.compute_cache(image_tokens) for block in self.blocks],
-            axis=1,
-        )
-        return {"self": self_cache, "cross": cross_cache}
 
-    def call_with_cache(self, token_ids, cache, cache_update_index):
+    def image_cache(self, image_tokens):
+        """Image keys/values of every block's cross-attention, projected once.
+
+        They never change during generation, so they stay out of the loop
+        state: one projection per caption instead of one per generated token.
+        """
+        return tuple(block.cross_attention.compute_cache(image_tokens) for block in self.blocks)
+
+    def call_with_cache(self, token_ids, cache, cache_update_index, image_cache):
         """Runs the decoder on new tokens, reading and updating the cache.
 
         Args:
             token_ids: int tensor `(batch, new_length)` of tokens at positions
                 `cache_update_index ...`.
-            cache: dict from `initial_cache` (or a previous call).
+            cache: self-attention cache from `initial_cache` (or a previous call).
             cache_update_index: int scalar, position of `token_ids[:, 0]`.
+            image_cache: from `image_cache`.
 
         Returns:
             `(logits, hidden_states, cache)` for the new positions.
         """
         new_length = ops.shape(token_ids)[1]
-        max_length = ops.shape(cache["self"])[3]
+        max_length = ops.shape(cache[0][0])[1]
         x = self._embed(token_ids, start_index=cache_update_index)
         mask = causal_mask(new_length, max_length, start_index=cache_update_index)
         mask = mask[None, :, :]
         updated = []
-        for i, block in enumerate(self.blocks):
+        for block, layer_cache, layer_image_cache in zip(self.blocks, cache, image_cache):
             x, layer_cache = block(
                 x,
                 self_attention_mask=mask,
-                self_attention_cache=cache["self"][:, i],
+                self_attention_cache=layer_cache,
                 self_attention_cache_update_index=cache_update_index,
-                cross_attention_cache=cache["cross"][:, i],
+                cross_attention_cache=layer_image_cache,
             )
             updated.append(layer_cache)
-        cache = {"self": ops.stack(updated, axis=1), "cross": cache["cross"]}
         hidden = self.final_norm(x)
-        return self._logits(hidden), hidden, cache
+        return self._logits(hidden), hidden, tuple(updated)
 
     def compute_output_shape(self, token_ids_shape, image_tokens_shape=None):
         return tuple(token_ids_shape) + (self.vocabulary_size,)
