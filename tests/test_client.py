@@ -1,0 +1,234 @@
+"""`serving.client` against an in-process `serving.server.ModelServer`."""
+
+import ast
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from serving import client as client_lib
+from serving import server
+from tests import serving_fixtures as fx
+
+RED_PNG = fx.make_image_bytes((210, 40, 30), image_format="png", seed=1)
+BLUE_JPEG = fx.make_image_bytes((30, 40, 220), image_format="jpeg", seed=2)
+
+
+@pytest.fixture(scope="module")
+def model_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("client_models")
+    configs = []
+    for name in ("captioner", "classifier", "dual_encoder"):
+        fx.copy_toy_version(name, root / name, 1)
+        configs.append(server.ModelConfig(name, str(root / name)))
+    instance = server.ModelServer(configs, grpc_port=0, rest_port=-1, poll_wait_seconds=0)
+    instance.start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture(scope="module", params=["grpc", "rest"])
+def client(request, model_server):
+    if request.param == "grpc":
+        address = f"127.0.0.1:{model_server.grpc_port}"
+    else:
+        address = f"127.0.0.1:{model_server.rest_port}"
+    with client_lib.PredictionClient(address, rest=request.param == "rest") as instance:
+        yield instance
+
+
+@pytest.fixture(scope="module")
+def in_process():
+    import tensorflow_text  # noqa: F401 - the toy classifier uses TF Text ops.
+
+    return {
+        kind: tf.saved_model.load(fx.toy_version_dir(kind))
+        for kind in ("captioner", "classifier", "dual_encoder")
+    }
+
+
+@pytest.mark.parametrize("signature", ["serving_default", "beam_search"])
+def test_caption(client, in_process, signature):
+    results = client.caption("captioner", [RED_PNG, BLUE_JPEG], signature=signature)
+    expected = in_process["captioner"].signatures[signature](images=tf.constant([RED_PNG, BLUE_JPEG]))
+    assert [r.caption for r in results] == [c.decode() for c in expected["captions"].numpy()]
+    np.testing.assert_allclose([r.score for r in results], expected["scores"].numpy(), rtol=1e-6)
+    assert all(isinstance(r.score, float) for r in results)
+
+
+def test_classify(client, in_process):
+    results = client.classify("classifier", [RED_PNG, BLUE_JPEG], ["what colour is this"])
+    expected = in_process["classifier"].signatures["serving_default"](
+        images=tf.constant([RED_PNG, BLUE_JPEG]),
+        texts=tf.constant(["what colour is this"] * 2),
+    )
+    assert [r.label for r in results] == ["red", "blue"]
+    assert [r.class_id for r in results] == expected["class_ids"].numpy().tolist()
+    np.testing.assert_allclose(
+        np.stack([r.probabilities for r in results]), expected["probabilities"].numpy(), rtol=1e-6
+    )
+    with pytest.raises(ValueError):
+        client.classify("classifier", [RED_PNG, BLUE_JPEG, RED_PNG], ["a", "b"])
+
+
+def test_classify_examples(client):
+    [red, blue] = client.classify_examples("classifier", [RED_PNG, BLUE_JPEG], ["q", "q"])
+    assert red[0][0] == "red" and blue[0][0] == "blue"
+    assert len(red) == len(fx.TOY_CLASS_NAMES)
+    assert red[0][1] >= red[1][1] >= red[2][1]
+
+
+def test_embeddings(client, in_process):
+    model = in_process["dual_encoder"]
+    images = client.embed_images("dual_encoder", [RED_PNG, BLUE_JPEG])
+    texts = client.embed_texts("dual_encoder", ["a red image", "blue"])
+    assert images.dtype == np.float32 and images.shape == (2, 8)
+    np.testing.assert_allclose(
+        images, model.signatures["embed_images"](images=tf.constant([RED_PNG, BLUE_JPEG]))["embeddings"], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        texts, model.signatures["embed_texts"](texts=tf.constant(["a red image", "blue"]))["embeddings"], rtol=1e-6
+    )
+
+
+def test_metadata_status_and_signatures(client):
+    metadata = client.metadata("classifier")
+    assert metadata["model_spec"]["name"] == "classifier"
+    assert metadata["model_spec"]["version"] == "1"
+    signature_defs = metadata["metadata"]["signature_def"]["signature_def"]
+    assert signature_defs["classification"]["method_name"] == "tensorflow/serving/classify"
+    assert client.signatures("dual_encoder") == {
+        "embed_images": {"inputs": {"images": "DT_STRING"}, "outputs": {"embeddings": "DT_FLOAT"}},
+        "embed_texts": {"inputs": {"texts": "DT_STRING"}, "outputs": {"embeddings": "DT_FLOAT"}},
+    }
+    assert client.status("captioner") == [
+        {"version": 1, "state": "AVAILABLE", "error_code": "OK", "error_message": ""}
+    ]
+
+
+def test_errors_raise_serving_client_error(client):
+    with pytest.raises(client_lib.ServingClientError) as error:
+        client.caption("captioner", [b"not an image"])
+    assert error.value.code in ("INVALID_ARGUMENT", None)
+    assert error.value.http_status in (400, None)
+    with pytest.raises(client_lib.ServingClientError) as error:
+        client.caption("no_such_model", [RED_PNG])
+    assert "no_such_model" in error.value.message
+
+
+def test_predict_generic_with_version_and_output_filter(client):
+    outputs = client.predict(
+        "captioner", {"images": [RED_PNG]}, version=1, output_filter=["captions"]
+    )
+    assert list(outputs) == ["captions"]
+    assert outputs["captions"].tolist() == [b"a dark red image"]
+
+
+@pytest.mark.parametrize(
+    "value, dtype",
+    [
+        ([b"a", "b\u00e9"], None),
+        ([[b"x", b"y"], [b"z", b""]], None),
+        (np.arange(6, dtype=np.float32).reshape(2, 3), None),
+        (np.array([1, -5], dtype=np.int64), None),
+        (np.array([True, False]), None),
+        ([1, 2], tf.int32.as_datatype_enum),
+        ([], tf.string.as_datatype_enum),
+    ],
+)
+def test_hand_built_tensors_match_tensorflow(value, dtype):
+    proto = client_lib.make_tensor_proto(value, dtype)
+    expected = tf.make_ndarray(
+        tf.make_tensor_proto(value, dtype=tf.as_dtype(dtype) if dtype else None)
+    )
+    actual = tf.make_ndarray(proto)
+    assert actual.shape == expected.shape
+    if expected.dtype == object:
+        assert actual.tolist() == expected.tolist()
+    else:
+        assert actual.dtype == expected.dtype
+        np.testing.assert_array_equal(actual, expected)
+    # And the client parses TensorFlow's protos, in both value layouts.
+    np.testing.assert_array_equal(client_lib.make_ndarray(tf.make_tensor_proto(expected)), expected)
+    np.testing.assert_array_equal(
+        client_lib.make_ndarray(server.ndarray_to_tensor_proto(expected, proto.dtype)), expected
+    )
+
+
+def test_client_imports_neither_mmkeras_nor_tensorflow_apis():
+    path = os.path.join(fx.REPO_ROOT, "serving", "client.py")
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    modules = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            modules.add(node.module)
+    allowed_roots = {"grpc", "numpy", "google", "tensorflow_serving"}
+    for module in modules:
+        root = module.split(".")[0]
+        if root == "tensorflow":
+            # Only the protos that tensorflow-serving-api's protos are built on.
+            assert module == "tensorflow.core.framework", module
+        elif root not in allowed_roots:
+            assert root in sys.stdlib_module_names, module
+    # Importing it pulls in no mmkeras and no server code. (`tensorflow` itself
+    # is imported by the tensorflow-serving-api protos: see serving/client.py.)
+    check = (
+        "import sys, serving.client; "
+        "assert 'mmkeras' not in sys.modules; "
+        "assert 'serving.server' not in sys.modules"
+    )
+    subprocess.run(
+        [sys.executable, "-c", check], cwd=fx.REPO_ROOT, check=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+
+
+def test_command_line(model_server, tmp_path):
+    red, blue = tmp_path / "red.png", tmp_path / "blue.jpg"
+    red.write_bytes(RED_PNG)
+    blue.write_bytes(BLUE_JPEG)
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "serving.client",
+            f"--server=127.0.0.1:{model_server.grpc_port}",
+            "--model=captioner", f"--image={red}", f"--image={blue}",
+        ],
+        cwd=fx.REPO_ROOT, capture_output=True, text=True, check=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    lines = result.stdout.strip().splitlines()
+    assert [line.split("\t")[:2] for line in lines] == [
+        [str(red), "a dark red image"],
+        [str(blue), "a dark blue image"],
+    ]
+    assert 0.0 < float(lines[0].split("\t")[2]) < 1.0
+
+
+def test_command_line_rest_and_signature(model_server, tmp_path, capsys):
+    red = tmp_path / "red.png"
+    red.write_bytes(RED_PNG)
+    args = [
+        f"--server=127.0.0.1:{model_server.rest_port}", "--rest", "--model=captioner",
+        "--signature=beam_search", f"--image={red}",
+    ]
+    assert client_lib.main(args) == 0
+    assert capsys.readouterr().out.split("\t")[:2] == [str(red), "a dark red picture"]
+
+
+def test_command_line_classifier_and_embeddings(model_server, tmp_path, capsys):
+    red = tmp_path / "red.png"
+    red.write_bytes(RED_PNG)
+    server_arg = f"--server=127.0.0.1:{model_server.grpc_port}"
+    assert client_lib.main([server_arg, "--model=classifier", f"--image={red}", "--text=colour?"]) == 0
+    assert capsys.readouterr().out.split("\t")[:3] == [str(red), "red", "0"]
+    assert client_lib.main([server_arg, "--model=dual_encoder", f"--image={red}", "--text=a b"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(red), "a b"]
+    assert len(lines[0].split("\t")[1].split()) == 8
+    assert client_lib.main([server_arg, "--model=nope", f"--image={red}"]) == 1
