@@ -120,3 +120,73 @@ def test_versions_are_atomic_and_increment(trained, tmp_path):
     assert sorted(os.listdir(tmp_path / "captioner")) == ["1", "2"], "no temporary dirs left behind"
     with pytest.raises(FileExistsError):
         export_captioner(model, str(tmp_path), version=2)
+
+
+def test_saved_model_cli_run_on_export(trained, tmp_path):
+    results, _, jpegs = trained
+    np.save(tmp_path / "images.npy", np.array(jpegs[:2], dtype=object), allow_pickle=True)
+    # `saved_model_cli run` must see the TF Text ops registered, as any loader must.
+    launcher = ("import sys, tensorflow_text; from tensorflow.python.tools import saved_model_cli; "
+                "sys.argv[0] = 'saved_model_cli'; saved_model_cli.main()")
+    proc = subprocess.run(
+        [sys.executable, "-c", launcher, "run", "--dir",
+         results["export_path"], "--tag_set", "serve", "--signature_def", "serving_default",
+         "--inputs", f"images={tmp_path / 'images.npy'}"],
+        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "captions" in proc.stdout and "scores" in proc.stdout
+
+
+def test_export_cli_and_models_config(trained, tmp_path):
+    from serving import model_config
+
+    _, model_dir, _ = trained
+    export_dir = tmp_path / "saved_models"
+    proc = subprocess.run(
+        [sys.executable, "-m", "serving.export", f"--model_dir={model_dir}", f"--export_dir={export_dir}",
+         "--name=my_captioner", "--version=7"],
+        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (export_dir / "my_captioner" / "7" / "saved_model.pb").exists()
+    assert (export_dir / "my_captioner" / "7" / "assets" / "vocabulary.txt").exists()
+    config = model_config.read_models_config(str(export_dir / "models.config"))
+    names = {c.name: c.base_path for c in config.model_config_list.config}
+    assert names == {"my_captioner": "/models/my_captioner"}
+    assert (export_dir / "batching_parameters.pbtxt").exists()
+    again = subprocess.run(
+        [sys.executable, "-m", "serving.export", f"--model_dir={model_dir}", f"--export_dir={export_dir}",
+         "--name=my_captioner", "--version=7"],
+        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert again.returncode == 1 and "already exists" in again.stderr
+
+
+def test_served_over_grpc_and_rest_like_in_memory(trained, tmp_path):
+    from serving.client import PredictionClient
+    from tests.serving_fixtures import ServerProcess
+
+    results, _, jpegs = trained
+    model = results["model"]
+    export_dir = os.path.dirname(os.path.dirname(results["export_path"]))
+    server = ServerProcess([
+        "--port=0", "--rest_api_port=-1", f"--model_config_file={os.path.join(export_dir, 'models.config')}",
+        "--enable_batching", f"--batching_parameters_file={os.path.join(export_dir, 'batching_parameters.pbtxt')}",
+    ]).start()
+    try:
+        pixels = decode_images(tf.constant(jpegs), model.image_size)
+        expected = model.caption(pixels)
+        expected_beam = model.caption(pixels, method="beam")
+        with PredictionClient(server.grpc_address) as client:
+            got = client.caption("captioner", jpegs)
+            assert [c.caption for c in got] == expected
+            beam = client.caption("captioner", jpegs, signature="beam_search")
+            assert [c.caption for c in beam] == expected_beam
+            with pytest.raises(Exception, match="images"):
+                client.caption("captioner", [b"not an image"])
+        with PredictionClient(server.rest_url, rest=True) as client:
+            assert [c.caption for c in client.caption("captioner", jpegs)] == expected
+        assert server.alive()
+    finally:
+        server.stop()
