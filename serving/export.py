@@ -150,10 +150,15 @@ def export_model(model, export_dir, model_name=None, version=None, vocabulary_fi
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_dir", None, "Training run directory holding model.keras (from training.train).")
-flags.DEFINE_string("export_dir", "saved_models", "Export root: writes <export_dir>/<name>/<version>/.")
-flags.DEFINE_string("name", None, "Model name under export_dir (default: by kind, e.g. captioner).")
-flags.DEFINE_integer("version", None, "Integer version (default: one more than the highest existing).")
+
+
+def define_flags():
+    # Defined only when run as a program: training.train imports this module
+    # and has flags of the same names.
+    flags.DEFINE_string("model_dir", None, "Training run directory holding model.keras (from training.train).")
+    flags.DEFINE_string("export_dir", "saved_models", "Export root: writes <export_dir>/<name>/<version>/.")
+    flags.DEFINE_string("name", None, "Model name under export_dir (default: by kind, e.g. captioner).")
+    flags.DEFINE_integer("version", None, "Integer version (default: one more than the highest existing).")
 
 
 def main(argv):
@@ -178,4 +183,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
