@@ -98,10 +98,28 @@ class ImageCaptioner(keras.Model):
 
     def build(self, inputs_shape):
         images_shape = inputs_shape["images"]
-        self.image_encoder.build(images_shape)
+        # Deserialized sublayers arrive built already (their own build configs).
+        if not self.image_encoder.built:
+            self.image_encoder.build(images_shape)
         tokens_shape = self.image_encoder.compute_output_shape(images_shape)["tokens"]
-        self.text_decoder.build(inputs_shape["token_ids"], tokens_shape)
+        if not self.text_decoder.built:
+            self.text_decoder.build(inputs_shape["token_ids"], tokens_shape)
         self.built = True
+
+    def get_build_config(self):
+        return {
+            "images_shape": [None, self.image_size, self.image_size, 3],
+            "token_ids_shape": [None, self.text_decoder.sequence_length],
+        }
+
+    def build_from_config(self, config):
+        # Called by `keras.saving.load_model` before weights are restored.
+        self.build(
+            {
+                "images": tuple(config["images_shape"]),
+                "token_ids": tuple(config["token_ids_shape"]),
+            }
+        )
 
     def call(self, inputs, training=None):
         image_tokens = self.image_encoder(inputs["images"], training=training)["tokens"]
