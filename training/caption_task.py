@@ -1,16 +1,14 @@
 """The captioning task: data, model, training, evaluation and export for one config."""
 
 import json
-import math
 import os
-import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from mmkeras.data import caption_pipeline
+from mmkeras.data import tfrecords
 from mmkeras.data.caption_formats import load_caption_data
 from mmkeras.data.records import LoadReport
 from mmkeras.data.synthetic_captions import SyntheticCaptions
@@ -18,10 +16,56 @@ from mmkeras.data.tokenizer import build_tokenizer, learn_vocabulary, special_to
 from mmkeras.metrics import caption_metrics
 from mmkeras.models import build_image_captioner
 from training import config as config_lib
+from training import distribute
+from training import loop
 
 
-def load_splits(data_cfg, seed):
-    """Returns `(splits, report, synthetic)`; `synthetic` is None for file data."""
+class DataError(ValueError):
+    """The data named by `--data` cannot be used; the message says where and why."""
+
+
+def tfrecord_dir(spec):
+    """The folder of a `tfrecord:DIR` data spec, else None."""
+    kind, _, rest = str(spec).partition(":")
+    return rest if kind.strip().lower() == "tfrecord" and rest else None
+
+
+def load_splits(data_cfg, seed, work_dir=None):
+    """Returns `(splits, report, synthetic)`; `synthetic` is None for file data.
+
+    For `tfrecord:DIR` data the training split holds image ids and captions
+    only (training streams the shards), and the validation and test images
+    are extracted into `work_dir/eval_images/` for evaluation.
+
+    Raises:
+        DataError: for unreadable or malformed data, naming the file and row.
+    """
+    try:
+        return _load_splits(data_cfg, seed, work_dir)
+    except (ValueError, OSError) as e:
+        raise DataError(str(e)) from e
+
+
+def _load_splits(data_cfg, seed, work_dir=None):
+    directory = tfrecord_dir(data_cfg.spec)
+    if directory is not None:
+        info = tfrecords.read_dataset_info(directory)
+        eval_dir = os.path.join(work_dir or ".", "eval_images")
+        splits = {
+            "train": list(tfrecords.iter_records(directory, "train", info)),
+            "validation": tfrecords.extract_images(
+                directory, "validation", os.path.join(eval_dir, "validation"), info=info
+            ),
+            "test": tfrecords.extract_images(directory, "test", os.path.join(eval_dir, "test"), info=info),
+        }
+        report = LoadReport()
+        report.count(splits)
+        report.skipped_bad_examples = info.get("skipped_bad_examples", 0)
+        report.dropped_empty_captions = info.get("dropped_empty_captions", 0)
+        for name in ("train", "test"):
+            if not splits[name]:
+                raise ValueError(f"Data {data_cfg.spec!r} has no {name} examples.")
+        return splits, report, None
     if data_cfg.spec == "synthetic":
         synthetic = SyntheticCaptions(
             seed=seed,
@@ -61,24 +105,6 @@ def build_optimizer(train_cfg):
     )
 
 
-class TimeBudget(keras.callbacks.Callback):
-    """Stops training once `max_minutes` of wall time have passed."""
-
-    def __init__(self, max_minutes):
-        super().__init__()
-        self.max_seconds = max_minutes * 60.0
-        self.start = None
-        self.stopped_early = False
-
-    def on_train_begin(self, logs=None):
-        self.start = time.monotonic()
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.max_seconds and time.monotonic() - self.start > self.max_seconds:
-            self.model.stop_training = True
-            self.stopped_early = True
-
-
 def generate_captions(model, records, image_size, batch_size, synthetic=None, method="greedy"):
     """Greedy captions of `records`' images, in order."""
     captions = []
@@ -87,15 +113,21 @@ def generate_captions(model, records, image_size, batch_size, synthetic=None, me
     return captions
 
 
-def run(cfg, model_dir, export_dir, strategy, verbose=1):
-    """Trains, evaluates and exports a captioner; returns a dict of results."""
+def run(cfg, model_dir, export_dir, strategy, verbose=1, restore_dir=None):
+    """Trains, evaluates and exports a captioner; returns a dict of results.
+
+    Every worker of a multi-worker strategy runs this; those other than the
+    chief pass temporary `model_dir` and `export_dir` (see
+    `training.distribute.WorkerDirs`) and read checkpoints from `restore_dir`,
+    the chief's checkpoint directory.
+    """
     os.makedirs(model_dir, exist_ok=True)
     # Written before training starts, so a crashed run still says what it was.
     with open(os.path.join(model_dir, "config.json"), "w") as f:
         f.write(config_lib.to_json(cfg))
     keras.utils.set_random_seed(cfg.train.seed)
     data_cfg = cfg.data
-    splits, report, synthetic = load_splits(data_cfg, cfg.train.seed)
+    splits, report, synthetic = load_splits(data_cfg, cfg.train.seed, model_dir)
     logging.info("Data %s: %s", data_cfg.spec, report.summary())
 
     train_captions = [c for r in splits["train"] for c in r.captions]
@@ -123,10 +155,12 @@ def run(cfg, model_dir, export_dir, strategy, verbose=1):
             indent=2,
         )
 
-    train_ds = caption_pipeline.caption_dataset(
+    sharded_dir = tfrecord_dir(data_cfg.spec)
+    train_ds = None if sharded_dir else caption_pipeline.caption_dataset(
         splits["train"], tokenizer, data_cfg.image_size, data_cfg.sequence_length,
         data_cfg.batch_size, training=True, seed=cfg.train.seed, synthetic=synthetic,
         augment=data_cfg.augment, cache=data_cfg.cache,
+        skip_bad_examples=data_cfg.skip_bad_examples,
     )
     val_records = splits.get("validation") or []
     val_ds = None
@@ -136,61 +170,104 @@ def run(cfg, model_dir, export_dir, strategy, verbose=1):
             data_cfg.batch_size, training=False, synthetic=synthetic,
         )
 
-    with strategy.scope():
-        model = build_image_captioner(
-            vocabulary_size=len(vocabulary),
-            sequence_length=data_cfg.sequence_length,
-            image_size=data_cfg.image_size,
-            hidden_dim=cfg.model.hidden_dim,
-            num_layers=cfg.model.num_layers,
-            num_heads=cfg.model.num_heads,
-            intermediate_dim=cfg.model.intermediate_dim,
-            dropout=cfg.model.dropout,
-            stem_filters=cfg.model.stem_filters,
-            convs_per_stage=cfg.model.convs_per_stage,
-            backbone_class=cfg.model.backbone_class,
-            backbone_preset=cfg.model.backbone_preset,
-            tokenizer=tokenizer,
-            start_token_id=ids["start"],
-            end_token_id=ids["end"],
-            pad_token_id=ids["pad"],
-        )
-        model.compile(optimizer=build_optimizer(cfg.train))
+    # The policy applies to layers created while it is set; the model keeps it.
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(cfg.train.mixed_precision)
+    try:
+        with strategy.scope():
+            model = build_image_captioner(
+                vocabulary_size=len(vocabulary),
+                sequence_length=data_cfg.sequence_length,
+                image_size=data_cfg.image_size,
+                hidden_dim=cfg.model.hidden_dim,
+                num_layers=cfg.model.num_layers,
+                num_heads=cfg.model.num_heads,
+                intermediate_dim=cfg.model.intermediate_dim,
+                dropout=cfg.model.dropout,
+                stem_filters=cfg.model.stem_filters,
+                convs_per_stage=cfg.model.convs_per_stage,
+                backbone_class=cfg.model.backbone_class,
+                backbone_preset=cfg.model.backbone_preset,
+                tokenizer=tokenizer,
+                start_token_id=ids["start"],
+                end_token_id=ids["end"],
+                pad_token_id=ids["pad"],
+            )
+            # Under mixed_float16, compile wraps the optimizer in a LossScaleOptimizer.
+            model.compile(optimizer=build_optimizer(cfg.train))
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
     logging.info("Model parameters: %d", model.count_params())
 
-    steps_per_epoch = min(cfg.train.steps_per_epoch, cfg.train.steps)
-    epochs = math.ceil(cfg.train.steps / steps_per_epoch)
-    budget = TimeBudget(cfg.train.max_minutes)
-    callbacks = [
-        budget,
-        keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), update_freq=50),
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(model_dir, "checkpoints", "latest.weights.h5"),
-            save_weights_only=True,
-        ),
-    ]
-    start = time.monotonic()
-    model.fit(
-        train_ds,
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
-        validation_data=val_ds,
-        validation_freq=epochs,
-        callbacks=callbacks,
-        verbose=verbose,
-    )
-    train_seconds = time.monotonic() - start
-    train_steps = int(model.optimizer.iterations.numpy())
-    logging.info("Trained %d steps in %.1f s%s", train_steps, train_seconds,
-                 " (time budget reached)" if budget.stopped_early else "")
+    chief = distribute.is_chief(strategy)
+    global_batch = data_cfg.batch_size
+    distribute.per_replica_batch_size(global_batch, strategy)
 
-    results = evaluate(model, cfg, splits["test"], tokenizer, synthetic, model_dir)
+    def make_dataset(examples_seen):
+        # Both streams are fixed functions of the seed, so skipping what was
+        # already trained puts a resumed run exactly where the checkpointed one
+        # was (instead of checkpointing tf.data iterators, which would store
+        # the in-memory image cache and shuffle buffers in every checkpoint).
+        if sharded_dir:
+            # Each worker reads its own shards (file-based sharding) at the
+            # per-replica batch size; it skips serialized records, <= 1 epoch.
+            def worker_dataset(context):
+                return tfrecords.caption_train_dataset(
+                    sharded_dir, tokenizer, data_cfg.image_size, data_cfg.sequence_length,
+                    context.get_per_replica_batch_size(global_batch), seed=cfg.train.seed,
+                    augment=data_cfg.augment, num_input_pipelines=context.num_input_pipelines,
+                    input_pipeline_id=context.input_pipeline_id,
+                    start_example=examples_seen // context.num_input_pipelines,
+                )
+
+            return strategy.distribute_datasets_from_function(worker_dataset)
+        # In-memory data: every worker builds the global stream and keeps its
+        # replicas' parts of each global batch (AutoShardPolicy.DATA).
+        # Skipping re-reads cached images and re-tokenizes captions but trains
+        # nothing: seconds for data that fits in memory.
+        return distribute.distribute_dataset(strategy, train_ds.skip(examples_seen // global_batch))
+
+    outcome = loop.train(
+        model,
+        strategy,
+        make_dataset,
+        total_steps=cfg.train.steps,
+        global_batch_size=global_batch,
+        checkpoint_dir=os.path.join(model_dir, "checkpoints"),
+        restore_dir=restore_dir,
+        checkpoint_every=cfg.train.checkpoint_every,
+        log_every=cfg.train.log_every,
+        steps_per_epoch=cfg.train.steps_per_epoch,
+        max_minutes=cfg.train.max_minutes,
+        log_dir=os.path.join(model_dir, "logs") if chief else None,
+        jit_compile=cfg.train.jit_compile,
+        verbose=verbose if chief else 0,
+        chief=chief,
+    )
+    train_steps = outcome.steps
+    train_seconds = outcome.seconds
+    logging.info(
+        "Trained to step %d in %.1f s (%.1f examples/s)%s; weights fingerprint %s "
+        "(trainable %s)",
+        train_steps, train_seconds, outcome.examples_per_second,
+        " (time budget reached)" if outcome.stopped_early else "",
+        outcome.weights_fingerprint, outcome.trainable_fingerprint,
+    )
+    if val_ds is not None:
+        val_metrics = loop.evaluate(model, strategy, val_ds)
+        logging.info("Validation: %s", ", ".join(f"{k} {v:.4f}" for k, v in val_metrics.items()))
+
+    results = evaluate(model, cfg, splits["test"], tokenizer, synthetic, model_dir, strategy)
     results.update(train_steps=train_steps, train_seconds=round(train_seconds, 1))
     with open(os.path.join(model_dir, "eval_metrics.json"), "w") as f:
         json.dump(results, f, indent=2, sort_keys=True)
 
-    model.save(os.path.join(model_dir, "model.keras"))
     export_path = None
+    if not chief:
+        # Saving and exporting only read each variable's local copy (no
+        # collectives), so other workers can stop here.
+        return {"eval_metrics": results, "export_path": export_path, "model": model}
+    model.save(os.path.join(model_dir, "model.keras"))
     if export_dir:
         from serving.export import export_captioner
 
@@ -202,7 +279,7 @@ def run(cfg, model_dir, export_dir, strategy, verbose=1):
     return {"eval_metrics": results, "export_path": export_path, "model": model}
 
 
-def evaluate(model, cfg, test_records, tokenizer, synthetic, model_dir):
+def evaluate(model, cfg, test_records, tokenizer, synthetic, model_dir, strategy=None):
     """Caption metrics of greedy captions plus teacher-forced token accuracy."""
     data_cfg = cfg.data
     if cfg.eval.max_images:
@@ -211,7 +288,13 @@ def evaluate(model, cfg, test_records, tokenizer, synthetic, model_dir):
         test_records, tokenizer, data_cfg.image_size, data_cfg.sequence_length,
         cfg.eval.batch_size, training=False, synthetic=synthetic,
     )
-    token_metrics = model.evaluate(test_ds, verbose=0, return_dict=True)
+    # Not `model.evaluate`: like `fit`, it fails under MultiWorkerMirroredStrategy.
+    strategy = strategy or tf.distribute.get_strategy()
+    token_metrics = loop.evaluate(model, strategy, test_ds)
+    if not distribute.is_chief(strategy):
+        # Token accuracy needed every worker (its metrics are all-reduced);
+        # generating captions only reads local variables, so the chief does it.
+        return {"token_accuracy": round(float(token_metrics["token_accuracy"]), 6)}
     predictions = generate_captions(
         model, test_records, data_cfg.image_size, cfg.eval.batch_size, synthetic
     )

@@ -106,7 +106,7 @@ def make_strategy(name, cpu_replicas=0, collective="auto"):
             return tf.distribute.MirroredStrategy(
                 devices, cross_device_ops=tf.distribute.ReductionToOneDevice()
             )
-        return tf.distribute.MirroredStrategy(["/cpu:0"])
+        return tf.distribute.MirroredStrategy()
 
     if not read_tf_config():
         raise ValueError(

@@ -5,15 +5,17 @@
         --experiment=caption_flickr8k --max_minutes=10
 
 Writes into --model_dir: config.json (the resolved config), vocabulary.txt,
-data_report.json, checkpoints/, logs/ (TensorBoard), samples.json,
-eval_metrics.json and model.keras; then exports a SavedModel to
+data_report.json, checkpoints/, logs/ (TensorBoard and train_log.jsonl),
+samples.json, eval_metrics.json and model.keras; then exports a SavedModel to
 <export_dir>/<model_name>/<version>/.
+
+Rerunning the same command resumes from the last checkpoint in --model_dir
+("Resumed from step N") and trains to the planned number of steps. Several
+devices or machines: --strategy=mirrored|multi_worker (docs/multi_worker.md).
 """
 
 import json
-import os
 import sys
-import time
 
 from absl import app, flags, logging
 
@@ -32,7 +34,8 @@ flags.DEFINE_string(
     None,
     "Data: `synthetic` (built in, default), `flickr8k:DIR`, "
     "`coco:CAPTIONS_JSON:IMAGE_DIR`, `csv:FILE` (CSV or JSONL manifest with image "
-    "and caption columns). Overrides data.spec.",
+    "and caption columns), `tfrecord:DIR` (shards written by training.prepare_data). "
+    "Overrides data.spec.",
 )
 flags.DEFINE_string("model_dir", "runs/caption", "Where config, checkpoints, logs and metrics go.")
 flags.DEFINE_string(
@@ -52,11 +55,19 @@ flags.DEFINE_bool(
     "instead of stopping with an error naming them."
 )
 flags.DEFINE_enum(
-    "strategy", "default", ["default", "mirrored"],
-    "tf.distribute strategy: `default` (one device) or `mirrored` (all local GPUs, "
-    "or --cpu_replicas logical CPU devices)."
+    "strategy", "default", ["default", "mirrored", "multi_worker"],
+    "tf.distribute strategy: `default` (one device), `mirrored` (all local GPUs, "
+    "or --cpu_replicas logical CPU devices) or `multi_worker` "
+    "(MultiWorkerMirroredStrategy over the workers in the TF_CONFIG environment "
+    "variable; see docs/multi_worker.md). data.batch_size is the global batch."
 )
 flags.DEFINE_integer("cpu_replicas", 0, "With --strategy=mirrored and no GPU: number of logical CPU devices.")
+flags.DEFINE_enum(
+    "mixed_precision", None, ["float32", "mixed_float16", "mixed_bfloat16"],
+    "Keras dtype policy; mixed_float16 adds dynamic loss scaling. Overrides "
+    "train.mixed_precision."
+)
+flags.DEFINE_bool("jit_compile", None, "XLA-compile the training step. Overrides train.jit_compile.")
 flags.DEFINE_integer("verbose", 1, "Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.")
 
 
@@ -78,22 +89,11 @@ def resolve_config():
         overrides.append(f"train.steps={FLAGS.max_steps}")
     if FLAGS.skip_bad_examples:
         overrides.append("data.skip_bad_examples=true")
+    if FLAGS.mixed_precision is not None:
+        overrides.append(f"train.mixed_precision={FLAGS.mixed_precision}")
+    if FLAGS.jit_compile is not None:
+        overrides.append(f"train.jit_compile={FLAGS.jit_compile}")
     return config_lib.override(cfg, overrides)
-
-
-def make_strategy():
-    import tensorflow as tf
-
-    if FLAGS.strategy == "default":
-        return tf.distribute.get_strategy()
-    if FLAGS.cpu_replicas and not tf.config.list_physical_devices("GPU"):
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * FLAGS.cpu_replicas
-        )
-        devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices)
-    return tf.distribute.MirroredStrategy()
 
 
 def main(argv):
@@ -102,15 +102,42 @@ def main(argv):
         cfg = resolve_config()
     except ValueError as e:
         raise app.UsageError(str(e))
-    os.makedirs(FLAGS.model_dir, exist_ok=True)
+
+    from training import distribute
+
+    # First TensorFlow work of the process: logical devices and the collective
+    # runtime can only be set up before TensorFlow initializes its devices.
+    try:
+        strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.cpu_replicas)
+    except ValueError as e:
+        raise app.UsageError(str(e))
+    task_type, task_id, num_workers = distribute.task_info(strategy)
+    logging.info(
+        "Strategy %s: %d replicas%s", FLAGS.strategy, strategy.num_replicas_in_sync,
+        f", {task_type} {task_id} of {num_workers} workers" if task_type else "",
+    )
 
     from training import caption_task
+    from training import loop
 
-    strategy = make_strategy()
-    results = caption_task.run(cfg, FLAGS.model_dir, FLAGS.export_dir, strategy, verbose=FLAGS.verbose)
-    print(json.dumps(results["eval_metrics"], sort_keys=True))
-    if results.get("export_path"):
-        print(f"Exported SavedModel: {results['export_path']}")
+    with distribute.WorkerDirs(strategy, FLAGS.model_dir, FLAGS.export_dir) as dirs:
+        try:
+            results = caption_task.run(
+                cfg, dirs.model_dir, dirs.export_dir, strategy, verbose=FLAGS.verbose,
+                restore_dir=dirs.checkpoint_read_dir,
+            )
+        except caption_task.DataError as e:
+            # A data problem is the user's to fix: say what and where, no traceback.
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+        except loop.Preempted as e:
+            logging.warning("%s", e)
+            # 128 + SIGTERM: what a launcher expects of a process ended by it.
+            sys.exit(143)
+    if dirs.chief:
+        print(json.dumps(results["eval_metrics"], sort_keys=True))
+        if results.get("export_path"):
+            print(f"Exported SavedModel: {results['export_path']}")
 
 
 if __name__ == "__main__":
