@@ -131,8 +131,11 @@ class ImageEncoder(keras.layers.Layer):
                         )
                     )
                     self.stem.append(
+                        # Synchronized: statistics over the global batch, so
+                        # every replica and worker keeps identical moving
+                        # averages (Keras keeps them per replica otherwise).
                         keras.layers.BatchNormalization(
-                            dtype=self.dtype_policy, name=f"stem_{i}_norm_{j}"
+                            synchronized=True, dtype=self.dtype_policy, name=f"stem_{i}_norm_{j}"
                         )
                     )
                     self.stem.append(

@@ -12,6 +12,28 @@ from mmkeras.layers.text_decoder import TextDecoder
 GENERATION_METHODS = ("greedy", "beam", "top_k")
 
 
+def _replica_context():
+    """The TensorFlow replica context when several replicas train, else None."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return None
+    return context
+
+
+def _sum_over_replicas(value):
+    context = _replica_context()
+    return value if context is None else context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def _scale_for_replicas(value):
+    # Per-replica regularization terms: their all-reduced gradient sum counts
+    # each once.
+    context = _replica_context()
+    return value if context is None else value / context.num_replicas_in_sync
+
+
 class _FunctionCache:
     """Compiled generate functions, kept out of Keras/TF object tracking."""
 
@@ -88,9 +110,6 @@ class ImageCaptioner(keras.Model):
         self.start_token_id = start_token_id
         self.end_token_id = end_token_id
         self.pad_token_id = pad_token_id
-        self.token_loss = keras.losses.SparseCategoricalCrossentropy(
-            from_logits=True, reduction="mean_with_sample_weight", name="token_loss"
-        )
         self.token_accuracy = keras.metrics.SparseCategoricalAccuracy(
             name="token_accuracy"
         )
@@ -149,11 +168,17 @@ class ImageCaptioner(keras.Model):
         logits = y_pred["logits"] if isinstance(y_pred, dict) else y_pred
         if sample_weight is None:
             sample_weight = ops.cast(ops.not_equal(y, self.pad_token_id), "float32")
-        # The Loss object divides by the summed weights (the number of real
-        # tokens) and scales by 1 / replicas under a distribution strategy.
-        loss = self.token_loss(y, logits, sample_weight=sample_weight)
+        per_token = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+        weights = ops.cast(sample_weight, per_token.dtype)
+        # The mean over the real tokens of the *global* batch: each replica
+        # divides its sum by the token count of all replicas, and the
+        # optimizer's all-reduce sums the replicas' gradients. (Dividing by the
+        # local count and by the number of replicas, as Keras losses do, would
+        # weight a replica's tokens by how many others it happened to get.)
+        tokens = _sum_over_replicas(ops.sum(weights))
+        loss = ops.sum(per_token * weights) / ops.maximum(tokens, 1.0)
         for extra in self.losses:
-            loss = loss + ops.cast(ops.sum(extra), loss.dtype)
+            loss = loss + _scale_for_replicas(ops.cast(ops.sum(extra), loss.dtype))
         return loss
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
