@@ -41,22 +41,19 @@ def decode_images(images_bytes, image_size):
     )
 
 
-def image_dataset(records, image_size, synthetic=None):
-    """An ordered dataset of uint8 `(image_size, image_size, 3)` images of `records`.
+def image_loader(records, image_size, synthetic=None):
+    """Returns a graph function: record image id -> uint8 `(size, size, 3)` image.
 
-    Files are read and decoded in parallel; synthetic images (ids starting with
-    `"synthetic:"`) are rendered by `synthetic`, a `SyntheticCaptions`.
-    Images are stored as uint8 so that an in-memory cache stays 4x smaller.
+    Files are read and decoded; synthetic ids (`"synthetic:<split>:<index>"`)
+    are rendered by `synthetic`, a `SyntheticCaptions`. Images are uint8 so an
+    in-memory cache stays 4x smaller than float32.
     """
-    ids = [r.image for r in records]
-    ds = tf.data.Dataset.from_tensor_slices(tf.constant(ids, dtype=tf.string))
-    if ids and ids[0].startswith(SYNTHETIC_PREFIX + ":"):
+    if records and records[0].image.startswith(SYNTHETIC_PREFIX + ":"):
         if synthetic is None:
             raise ValueError("Synthetic records need the `synthetic` data set to render them.")
 
         def render(image_id):
-            image = synthetic.render_image(image_id.decode("utf-8"))
-            return image
+            return synthetic.render_image(image_id.decode("utf-8"))
 
         def load(image_id):
             image = tf.numpy_function(render, [image_id], tf.uint8, stateful=False)
@@ -66,13 +63,20 @@ def image_dataset(records, image_size, synthetic=None):
                 image = tf.cast(tf.round(image), tf.uint8)
             return image
 
-    else:
+        return load
 
-        def load(path):
-            image = decode_image(tf.io.read_file(path), image_size)
-            return tf.cast(tf.round(image), tf.uint8)
+    def load(path):
+        image = decode_image(tf.io.read_file(path), image_size)
+        return tf.cast(tf.round(image), tf.uint8)
 
-    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    return load
+
+
+def image_dataset(records, image_size, synthetic=None):
+    """An ordered dataset of uint8 `(image_size, image_size, 3)` images of `records`."""
+    ids = tf.constant([r.image for r in records], dtype=tf.string)
+    load = image_loader(records, image_size, synthetic)
+    return tf.data.Dataset.from_tensor_slices(ids).map(load, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def image_bytes(records, synthetic=None, image_format="jpeg"):
@@ -138,6 +142,39 @@ def build_augmenter(seed=0):
     )
 
 
+def teacher_forcing_inputs(tokenizer, sequence_length, augmenter=None):
+    """Returns the batched map `(uint8 images, captions) -> (x, y, sample_weight)`.
+
+    Shared by every captioning input pipeline (in-memory and TFRecord), so the
+    model sees one format: `x = {"images": float32, "token_ids": int32,
+    "padding_mask": int32}` (int32, not bool: Keras' distributed `fit` sums the
+    first batch across replicas, which bool tensors cannot do), `y` the next
+    tokens, `sample_weight` 1.0 on real targets.
+    """
+    packer = keras_hub.layers.StartEndPacker(
+        sequence_length=sequence_length + 1,
+        start_value=tokenizer.token_to_id("[START]"),
+        end_value=tokenizer.token_to_id("[END]"),
+        pad_value=tokenizer.token_to_id("[PAD]"),
+        return_padding_mask=True,
+    )
+
+    def to_model_inputs(images, captions):
+        images = tf.cast(images, tf.float32)
+        if augmenter is not None:
+            images = augmenter(images, training=True)
+        token_ids, padding_mask = packer(tokenizer(captions))
+        padding_mask = tf.cast(padding_mask, tf.int32)
+        x = {
+            "images": images,
+            "token_ids": token_ids[:, :-1],
+            "padding_mask": padding_mask[:, :-1],
+        }
+        return x, token_ids[:, 1:], tf.cast(padding_mask[:, 1:], tf.float32)
+
+    return to_model_inputs
+
+
 def caption_dataset(
     records,
     tokenizer,
@@ -150,6 +187,7 @@ def caption_dataset(
     augment=False,
     cache=True,
     shuffle_buffer=None,
+    skip_bad_examples=False,
 ):
     """Builds the teacher-forcing dataset of `ImageCaptioner`.
 
@@ -164,11 +202,19 @@ def caption_dataset(
     """
     if not records:
         raise ValueError("Cannot build a caption dataset from zero records.")
-    images = image_dataset(records, image_size, synthetic)
-    if cache:
-        images = images.cache()
+    ids = tf.constant([r.image for r in records], dtype=tf.string)
     captions = tf.ragged.constant([list(r.captions) for r in records], dtype=tf.string)
-    ds = tf.data.Dataset.zip((images, tf.data.Dataset.from_tensor_slices(captions)))
+    load = image_loader(records, image_size, synthetic)
+    ds = tf.data.Dataset.from_tensor_slices((ids, captions)).map(
+        lambda image_id, refs: (load(image_id), refs), num_parallel_calls=tf.data.AUTOTUNE
+    )
+    if skip_bad_examples:
+        # Files were checked cheaply when loaded (magic bytes, end markers);
+        # an image that still fails to decode drops with its captions instead
+        # of stopping a run that may be hours in.
+        ds = ds.ignore_errors(log_warning=True)
+    if cache:
+        ds = ds.cache()
 
     if training:
         ds = ds.shuffle(
@@ -195,27 +241,8 @@ def caption_dataset(
         )
 
     ds = ds.batch(batch_size, drop_remainder=training)
-    packer = keras_hub.layers.StartEndPacker(
-        sequence_length=sequence_length + 1,
-        start_value=tokenizer.token_to_id("[START]"),
-        end_value=tokenizer.token_to_id("[END]"),
-        pad_value=tokenizer.token_to_id("[PAD]"),
-        return_padding_mask=True,
-    )
     augmenter = build_augmenter(seed) if (training and augment) else None
-
-    def to_model_inputs(images, captions):
-        images = tf.cast(images, tf.float32)
-        if augmenter is not None:
-            images = augmenter(images, training=True)
-        token_ids, padding_mask = packer(tokenizer(captions))
-        x = {
-            "images": images,
-            "token_ids": token_ids[:, :-1],
-            "padding_mask": padding_mask[:, :-1],
-        }
-        return x, token_ids[:, 1:], tf.cast(padding_mask[:, 1:], tf.float32)
-
+    to_model_inputs = teacher_forcing_inputs(tokenizer, sequence_length, augmenter)
     ds = ds.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
