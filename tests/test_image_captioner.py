@@ -6,7 +6,7 @@ from keras import ops
 
 from mmkeras.data.tokenizer import build_tokenizer, learn_vocabulary, special_token_ids
 from mmkeras.models import ImageCaptioner, build_image_captioner
-from tests.layer_harness import run_config_round_trip, run_save_load
+from tests.layer_harness import run_save_load
 
 CAPTIONS = ["a red circle", "a blue square left of a red circle", "two green triangles", "a big blue square"]
 
