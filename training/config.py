@@ -41,7 +41,8 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 3000
+    # ~175 ms a step on 2 CPU cores: the schedule completes in ~3.2 minutes.
+    steps: int = 1100
     # Safety net for the 5-minute default run on a slow or busy machine.
     max_minutes: float = 3.3
     learning_rate: float = 2e-3
