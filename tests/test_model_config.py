@@ -125,7 +125,9 @@ def test_docker_compose_matches_the_written_files():
         f"{model_config.CONTAINER_MODELS_ROOT}/{model_config.BATCHING_PARAMETERS_FILENAME}"
     )
     assert flags["enable_batching"] == "true"
-    assert int(flags["file_system_poll_wait_seconds"]) > 0
+    # A config value (how often TF Serving polls for versions), not a timing.
+    poll_wait = int(flags["file_system_poll_wait_seconds"])
+    assert poll_wait > 0
     # Every base path that write_models_config writes lives under the mount.
     assert model_config.container_base_path("captioner").startswith(container + "/")
     [device] = service["deploy"]["resources"]["reservations"]["devices"]
