@@ -43,7 +43,7 @@ def main(argv):
 
     from mmkeras.data import caption_pipeline
     from mmkeras.data.synthetic_captions import SyntheticCaptions
-    from mmkeras.data.tokenizer import build_tokenizer, learn_vocabulary, special_token_ids
+    from mmkeras.data.tokenizer import build_tokenizer, learn_vocabulary
     from training import caption_task
     from training import config as config_lib
 
@@ -58,18 +58,8 @@ def main(argv):
     else:
         tokenizer = build_tokenizer(learn_vocabulary([c for r in train_records for c in r.captions] * 20,
                                                      cfg.data.vocabulary_size))
-        ids = special_token_ids(tokenizer)
-        from mmkeras.models import build_image_captioner
-
-        model = build_image_captioner(
-            vocabulary_size=tokenizer.vocabulary_size(), sequence_length=FLAGS.sequence_length,
-            image_size=cfg.data.image_size, hidden_dim=cfg.model.hidden_dim,
-            num_layers=cfg.model.num_layers, num_heads=cfg.model.num_heads,
-            intermediate_dim=cfg.model.intermediate_dim, dropout=cfg.model.dropout,
-            stem_filters=cfg.model.stem_filters, convs_per_stage=cfg.model.convs_per_stage,
-            tokenizer=tokenizer, start_token_id=ids["start"], end_token_id=ids["end"],
-            pad_token_id=ids["pad"],
-        )
+        cfg = config_lib.override(cfg, [f"data.sequence_length={FLAGS.sequence_length}"])
+        model = caption_task.build_model(cfg, tokenizer)
     model.compile(optimizer=caption_task.build_optimizer(cfg.train))
     seq_len = model.text_decoder.sequence_length
     length = min(FLAGS.sequence_length, seq_len)

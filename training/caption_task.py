@@ -97,6 +97,29 @@ def learning_rate_schedule(train_cfg):
     )
 
 
+def build_model(cfg, tokenizer):
+    """The one place a config becomes an `ImageCaptioner` (build inside a strategy scope)."""
+    ids = special_token_ids(tokenizer)
+    return build_image_captioner(
+        vocabulary_size=tokenizer.vocabulary_size(),
+        sequence_length=cfg.data.sequence_length,
+        image_size=cfg.data.image_size,
+        hidden_dim=cfg.model.hidden_dim,
+        num_layers=cfg.model.num_layers,
+        num_heads=cfg.model.num_heads,
+        intermediate_dim=cfg.model.intermediate_dim,
+        dropout=cfg.model.dropout,
+        stem_filters=cfg.model.stem_filters,
+        convs_per_stage=cfg.model.convs_per_stage,
+        backbone_class=cfg.model.backbone_class,
+        backbone_preset=cfg.model.backbone_preset,
+        tokenizer=tokenizer,
+        start_token_id=ids["start"],
+        end_token_id=ids["end"],
+        pad_token_id=ids["pad"],
+    )
+
+
 def build_optimizer(train_cfg):
     return keras.optimizers.AdamW(
         learning_rate=learning_rate_schedule(train_cfg),
@@ -136,7 +159,6 @@ def run(cfg, model_dir, export_dir, strategy, verbose=1, restore_dir=None):
     with open(vocabulary_file, "w", encoding="utf-8") as f:
         f.write("\n".join(vocabulary) + "\n")
     tokenizer = build_tokenizer(vocabulary)
-    ids = special_token_ids(tokenizer)
 
     stats = {s: caption_pipeline.caption_stats(r, tokenizer, data_cfg.sequence_length) for s, r in splits.items()}
     for split, s in stats.items():
@@ -175,24 +197,7 @@ def run(cfg, model_dir, export_dir, strategy, verbose=1, restore_dir=None):
     keras.mixed_precision.set_global_policy(cfg.train.mixed_precision)
     try:
         with strategy.scope():
-            model = build_image_captioner(
-                vocabulary_size=len(vocabulary),
-                sequence_length=data_cfg.sequence_length,
-                image_size=data_cfg.image_size,
-                hidden_dim=cfg.model.hidden_dim,
-                num_layers=cfg.model.num_layers,
-                num_heads=cfg.model.num_heads,
-                intermediate_dim=cfg.model.intermediate_dim,
-                dropout=cfg.model.dropout,
-                stem_filters=cfg.model.stem_filters,
-                convs_per_stage=cfg.model.convs_per_stage,
-                backbone_class=cfg.model.backbone_class,
-                backbone_preset=cfg.model.backbone_preset,
-                tokenizer=tokenizer,
-                start_token_id=ids["start"],
-                end_token_id=ids["end"],
-                pad_token_id=ids["pad"],
-            )
+            model = build_model(cfg, tokenizer)
             # Under mixed_float16, compile wraps the optimizer in a LossScaleOptimizer.
             model.compile(optimizer=build_optimizer(cfg.train))
     finally:
