@@ -1,7 +1,7 @@
 """Writes a caption data set as sharded TFRecords for large-scale training.
 
     python -m training.prepare_data --data=csv:manifest.csv --output=data/tfr --num_shards=64
-    python -m training.train --data=tfrecord:data/tfrecords ...
+    python -m training.train --data=tfrecord:data/tfr ...
 
 `--data` takes the same specs as `training.train` (`csv:FILE`, `jsonl:FILE`,
 `flickr8k:DIR`, `coco:CAPTIONS_JSON:IMAGE_DIR`, `synthetic`). CSV and JSONL
