@@ -37,6 +37,9 @@ from absl import flags  # noqa: E402
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import serving_common  # noqa: E402
+from serving import model_config  # noqa: E402
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_base_path", "saved_models/captioner", "Model base path (versions inside).")
 flags.DEFINE_string("model_name", "captioner", "Model name to serve.")
@@ -70,21 +73,10 @@ def _image_bytes():
     return serving_fixtures.make_image_bytes((180, 90, 40), size=224, image_format="jpeg")
 
 
-def _version_dir(base_path):
-    versions = [int(v) for v in os.listdir(base_path) if v.isdigit()]
-    if not versions:
-        raise app.UsageError(f"No version directories under {base_path}")
-    return os.path.join(base_path, str(max(versions)))
-
-
 def _in_process_function(version_dir):
     import tensorflow as tf
 
-    try:
-        import tensorflow_text  # noqa: F401
-    except ImportError:
-        pass
-    function = tf.saved_model.load(version_dir).signatures[FLAGS.signature]
+    function = serving_common.load_signature(version_dir, FLAGS.signature)
 
     def call(image):
         outputs = function(images=tf.constant([image]))
@@ -176,16 +168,18 @@ def main(argv):
             hidden_dim=FLAGS.toy_hidden_dim,
         )
     image = _image_bytes()
-    in_process = _in_process_function(_version_dir(base_path))
+    try:
+        in_process = _in_process_function(serving_common.latest_version_dir(base_path))
+    except ValueError as e:
+        raise app.UsageError(str(e))
 
-    batching_file = os.path.join(work_dir, "batching_parameters.pbtxt")
-    with open(batching_file, "w") as f:
-        f.write(
-            f"max_batch_size {{ value: {FLAGS.max_batch_size} }}\n"
-            f"batch_timeout_micros {{ value: {FLAGS.batch_timeout_micros} }}\n"
-            f"num_batch_threads {{ value: {FLAGS.num_batch_threads} }}\n"
-            "max_enqueued_batches { value: 1000 }\n"
-        )
+    batching_file = model_config.write_batching_parameters(
+        work_dir,
+        max_batch_size=FLAGS.max_batch_size,
+        batch_timeout_micros=FLAGS.batch_timeout_micros,
+        num_batch_threads=FLAGS.num_batch_threads,
+        max_enqueued_batches=1000,
+    )
     # Both servers run side by side and are measured in alternating rounds,
     # so that a burst of load from elsewhere hits both alike.
     servers = {}

@@ -38,6 +38,9 @@ from absl import flags  # noqa: E402
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import serving_common  # noqa: E402
+from serving import model_config  # noqa: E402
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_base_path", "saved_models/captioner", "Model base path (versions inside).")
 flags.DEFINE_string("model_name", "captioner", "Model name to serve.")
@@ -104,11 +107,7 @@ def _images():
 def _expected(version_dir, images):
     import tensorflow as tf
 
-    try:
-        import tensorflow_text  # noqa: F401
-    except ImportError:
-        pass
-    function = tf.saved_model.load(version_dir).signatures[FLAGS.signature]
+    function = serving_common.load_signature(version_dir, FLAGS.signature)
     answers = []
     for image in images:
         outputs = function(images=tf.constant([image]))
@@ -183,8 +182,10 @@ def main(argv):
     if FLAGS.toy:
         base_path = os.path.join(work_dir, FLAGS.model_name)
         serving_fixtures.export_toy_captioner(os.path.join(base_path, "1"))
-    versions = [int(v) for v in os.listdir(base_path) if v.isdigit()]
-    version_dir = os.path.join(base_path, str(max(versions)))
+    try:
+        version_dir = serving_common.latest_version_dir(base_path)
+    except ValueError as e:
+        raise app.UsageError(str(e))
     images = _images()
     answers = _expected(version_dir, images)
 
@@ -197,10 +198,10 @@ def main(argv):
         f"--max_request_bytes={FLAGS.max_request_bytes}",
     ]
     if FLAGS.enable_batching:
-        batching_file = os.path.join(work_dir, "batching_parameters.pbtxt")
-        with open(batching_file, "w") as f:
-            f.write("max_batch_size { value: 8 }\nbatch_timeout_micros { value: 2000 }\n"
-                    "num_batch_threads { value: 2 }\nmax_enqueued_batches { value: 1000 }\n")
+        batching_file = model_config.write_batching_parameters(
+            work_dir, max_batch_size=8, batch_timeout_micros=2000, num_batch_threads=2,
+            max_enqueued_batches=1000,
+        )
         args += ["--enable_batching", f"--batching_parameters_file={batching_file}"]
     server = serving_fixtures.ServerProcess(args, log_path=os.path.join(work_dir, "server.log")).start()
 
