@@ -16,12 +16,14 @@ INSTALL_REQUIRES = [
     "pillow",
     "psutil",
     "easy-vqa==1.0",
+    "matplotlib",  # confusion matrices and report plots, Agg backend only
 ]
 
 TEST_REQUIRES = [
     "pytest>=8",
     "pytest-timeout",
     "pycocoevalcap==1.2",
+    "scikit-learn",  # reference implementation the classification metrics are checked against
 ]
 
 setuptools.setup(

@@ -44,8 +44,9 @@ def main(argv):
     from mmkeras.data import caption_pipeline
     from mmkeras.data.synthetic_captions import SyntheticCaptions
     from mmkeras.data.tokenizer import build_tokenizer, learn_vocabulary
-    from training import caption_task
     from training import config as config_lib
+    from training import experiment
+    from training.tasks import caption as caption_task
 
     cfg = config_lib.get_experiment("caption_synthetic")
     batch = FLAGS.batch_size
@@ -60,7 +61,7 @@ def main(argv):
                                                      cfg.data.vocabulary_size))
         cfg = config_lib.override(cfg, [f"data.sequence_length={FLAGS.sequence_length}"])
         model = caption_task.build_model(cfg, tokenizer)
-    model.compile(optimizer=caption_task.build_optimizer(cfg.train))
+    model.compile(optimizer=experiment.build_optimizer(cfg.train))
     seq_len = model.text_decoder.sequence_length
     length = min(FLAGS.sequence_length, seq_len)
     images = next(iter(caption_pipeline.eval_image_dataset(

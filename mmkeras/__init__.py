@@ -4,16 +4,26 @@ Sub-packages: `mmkeras.layers`, `mmkeras.models`, `mmkeras.data`, `mmkeras.metri
 """
 
 from mmkeras import data, layers, metrics, models
-from mmkeras.layers import CrossModalAttention, ImageEncoder, TextDecoder
-from mmkeras.models import ImageCaptioner, build_image_captioner
+from mmkeras.layers import CrossModalAttention, ImageEncoder, TextDecoder, TextEncoder
+from mmkeras.models import (
+    ClassifierEnsemble,
+    FusionClassifier,
+    ImageCaptioner,
+    build_fusion_classifier,
+    build_image_captioner,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ClassifierEnsemble",
     "CrossModalAttention",
+    "FusionClassifier",
     "ImageCaptioner",
     "ImageEncoder",
     "TextDecoder",
+    "TextEncoder",
+    "build_fusion_classifier",
     "build_image_captioner",
     "data",
     "layers",

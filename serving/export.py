@@ -21,6 +21,7 @@ from mmkeras.data.caption_pipeline import decode_images
 from serving import model_config
 
 IMAGES_SPEC = tf.TensorSpec([None], tf.string, name="images")
+TEXTS_SPEC = tf.TensorSpec([None], tf.string, name="texts")
 
 
 def next_version(base_path):
@@ -48,6 +49,74 @@ def check_image_bytes(images):
         return tf.identity(images)
 
 
+def check_texts(texts):
+    """Fails the request, naming the input, if a text is empty or only white space."""
+    empty = tf.equal(tf.strings.length(tf.strings.strip(texts)), 0)
+    bad = tf.where(empty)[:, 0]
+    check = tf.debugging.Assert(
+        tf.logical_not(tf.reduce_any(empty)),
+        ["Input 'texts' must hold non-empty UTF-8 strings; these batch positions are empty:", bad],
+        summarize=16,
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(texts)
+
+
+def check_same_batch(images, texts):
+    """Fails the request if `images` and `texts` have different lengths."""
+    check = tf.debugging.assert_equal(
+        tf.shape(images)[0], tf.shape(texts)[0],
+        message="Inputs 'images' and 'texts' must have the same batch size",
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(images), tf.identity(texts)
+
+
+def classifier_endpoints(model):
+    """The `serving_default` function of a `FusionClassifier` (or ensemble of them).
+
+    Returns `labels` (tf.string `[batch]`; multi-label models join the
+    predicted labels with `|`), `class_ids` (tf.int64 `[batch]`, the most
+    probable class; `[batch, classes]` 0/1 decisions for multi-label models)
+    and `probabilities` (tf.float32 `[batch, classes]`).
+    """
+    label_names = tf.constant(model.label_names or [str(i) for i in range(model.num_classes)])
+
+    def serve(images, texts):
+        images, texts = check_same_batch(check_image_bytes(images), check_texts(texts))
+        probabilities = tf.cast(model.probabilities_from_raw(images, texts), tf.float32)
+        decisions = tf.cast(model.decisions(probabilities), tf.int64)
+        if model.multi_label:
+            chosen = tf.ragged.boolean_mask(
+                tf.broadcast_to(label_names, tf.shape(decisions)), tf.cast(decisions, tf.bool)
+            )
+            labels = tf.strings.reduce_join(chosen, axis=-1, separator="|")
+        else:
+            labels = tf.gather(label_names, decisions)
+        return {"labels": labels, "class_ids": decisions, "probabilities": probabilities}
+
+    def classification(inputs):
+        # TF Serving's Classify API: serialized tf.Examples with `image` and
+        # `text` bytes features -> every class with its score, best first.
+        features = tf.io.parse_example(
+            inputs,
+            {"image": tf.io.FixedLenFeature([], tf.string), "text": tf.io.FixedLenFeature([], tf.string)},
+        )
+        images, texts = check_image_bytes(features["image"]), check_texts(features["text"])
+        probabilities = tf.cast(model.probabilities_from_raw(images, texts), tf.float32)
+        top = tf.math.top_k(probabilities, k=model.num_classes)
+        return {"classes": tf.gather(label_names, top.indices), "scores": top.values}
+
+    return {"serving_default": serve, "classification": classification}
+
+
+CLASSIFY_METHOD_NAME = "tensorflow/serving/classify"
+CLASSIFIER_SIGNATURES = {
+    "serving_default": [IMAGES_SPEC, TEXTS_SPEC],
+    "classification": [tf.TensorSpec([None], tf.string, name="inputs")],
+}
+
+
 def captioner_endpoints(model, num_beams=3):
     """The serving functions of an `ImageCaptioner`: greedy and beam search."""
     image_size = model.image_size
@@ -67,8 +136,25 @@ def captioner_endpoints(model, num_beams=3):
     return {"serving_default": make("greedy"), "beam_search": make("beam")}
 
 
-def write_saved_model(export_base, version, track, endpoints, assets=()):
+def set_signature_method_name(export_dir, signature_key, method_name):
+    """Sets the `method_name` of one SignatureDef of a written SavedModel.
+
+    Keras and `tf.saved_model.save` mark every signature
+    `tensorflow/serving/predict`; TF Serving's Classify API only serves
+    signatures marked `tensorflow/serving/classify`.
+    """
+    updater = tf.compat.v1.saved_model.signature_def_utils.MethodNameUpdater(export_dir)
+    updater.replace_method_name(signature_key=signature_key, method_name=method_name, tags="serve")
+    updater.save()
+
+
+def write_saved_model(export_base, version, track, endpoints, assets=(), input_signatures=None,
+                      method_names=None):
     """Writes a SavedModel version atomically and returns its path.
+
+    `endpoints` maps signature names to functions; `input_signatures` maps
+    them to their input specs (default: `images` only) and `method_names` to
+    a SignatureDef method name other than Predict's.
 
     The version is written under a hidden temporary name in the same folder and
     renamed into place, so a server polling `export_base` never loads a
@@ -85,10 +171,15 @@ def write_saved_model(export_base, version, track, endpoints, assets=()):
     for resource in track:
         archive.track(resource)
     for name, fn in endpoints.items():
-        archive.add_endpoint(name, tf.function(fn, autograph=False), input_signature=[IMAGES_SPEC])
+        archive.add_endpoint(
+            name, tf.function(fn, autograph=False),
+            input_signature=(input_signatures or {}).get(name, [IMAGES_SPEC]),
+        )
     tmp_path = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_base)
     try:
         archive.write_out(tmp_path, verbose=False)
+        for name, method_name in (method_names or {}).items():
+            set_signature_method_name(tmp_path, name, method_name)
         # Vocabulary and label files go into the version's assets/ folder, so
         # they are copied, versioned and deleted together with the model. The
         # graph itself carries the tokenizer's compiled model, not the file.
@@ -103,10 +194,12 @@ def write_saved_model(export_base, version, track, endpoints, assets=()):
     return final_path
 
 
-def export_captioner(model, export_dir, model_name="captioner", version=None, vocabulary_file=None):
+def export_captioner(
+    model, export_dir, model_name="captioner", version=None, vocabulary_file=None, num_beams=3
+):
     """Exports an `ImageCaptioner` to `<export_dir>/<model_name>/<version>/`.
 
-    Signatures: `serving_default` (greedy) and `beam_search`, each taking
+    Signatures: `serving_default` (greedy) and `beam_search` (`num_beams`), each taking
     `images` (tf.string, encoded JPEG/PNG, shape `[batch]`) and returning
     `captions` (tf.string `[batch]`) and `scores` (tf.float32 `[batch]`, mean
     log-probability per generated token). The vocabulary travels as an asset
@@ -124,8 +217,37 @@ def export_captioner(model, export_dir, model_name="captioner", version=None, vo
             os.path.join(export_dir, model_name),
             version,
             track=[model],
-            endpoints=captioner_endpoints(model),
+            endpoints=captioner_endpoints(model, num_beams=num_beams),
             assets=[vocabulary_file],
+        )
+    write_serving_config(export_dir, model_name)
+    return path
+
+
+def export_classifier(model, export_dir, model_name="classifier", version=None, assets=()):
+    """Exports a `FusionClassifier` (or ensemble) to `<export_dir>/<model_name>/<version>/`.
+
+    Signatures: `serving_default`: `images` (tf.string `[batch]`, encoded
+    JPEG/PNG) and `texts` (tf.string `[batch]`, UTF-8) -> `labels`,
+    `class_ids`, `probabilities` (see `classifier_endpoints`); and
+    `classification` for TF Serving's Classify API (tf.Examples with `image`
+    and `text` features -> `classes`, `scores`). Decoding,
+    resizing and tokenization run in the graph. `assets` (vocabulary, label
+    list) are copied into the version's `assets/`.
+    """
+    with tempfile.TemporaryDirectory() as scratch:
+        labels_file = os.path.join(scratch, "labels.txt")
+        with open(labels_file, "w", encoding="utf-8") as f:
+            f.write("\n".join(model.label_names or [str(i) for i in range(model.num_classes)]) + "\n")
+        names = {os.path.basename(p) for p in assets}
+        path = write_saved_model(
+            os.path.join(export_dir, model_name),
+            version,
+            track=[model],
+            endpoints=classifier_endpoints(model),
+            assets=list(assets) + ([] if "labels.txt" in names else [labels_file]),
+            input_signatures=CLASSIFIER_SIGNATURES,
+            method_names={"classification": CLASSIFY_METHOD_NAME},
         )
     write_serving_config(export_dir, model_name)
     return path
@@ -140,10 +262,14 @@ def write_serving_config(export_dir, model_name):
 
 def export_model(model, export_dir, model_name=None, version=None, vocabulary_file=None):
     """Exports any mmkeras model with the signatures of its kind."""
+    from mmkeras.models import FusionClassifier
     from mmkeras.models import ImageCaptioner
 
     if isinstance(model, ImageCaptioner):
         return export_captioner(model, export_dir, model_name or "captioner", version, vocabulary_file)
+    if isinstance(model, FusionClassifier) or hasattr(model, "probabilities_from_raw"):
+        assets = [vocabulary_file] if vocabulary_file else []
+        return export_classifier(model, export_dir, model_name or "classifier", version, assets)
     raise ValueError(
         f"Cannot export a {type(model).__name__}: no serving signatures are defined for it."
     )

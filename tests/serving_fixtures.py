@@ -35,7 +35,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
-CLASSIFY_METHOD_NAME = "tensorflow/serving/classify"
+from serving.export import CLASSIFY_METHOD_NAME
+from serving.export import set_signature_method_name
+
 TOY_CLASS_NAMES = ("red", "green", "blue")
 _COLOUR_NAMES = ("red", "green", "blue")
 _IMAGE_SIZE = 32
@@ -217,20 +219,6 @@ class ToyDualEncoder(tf.Module):
         ids = tf.strings.to_hash_bucket_fast(tokens, 64)
         embeddings = tf.reduce_sum(tf.gather(self.text_table, ids), axis=1)
         return {"embeddings": tf.math.l2_normalize(embeddings + 1e-6, axis=-1)}
-
-
-def set_signature_method_name(export_dir, signature_key, method_name):
-    """Sets the `method_name` of one SignatureDef of a saved SavedModel.
-
-    `tf.saved_model.save` marks every signature as
-    `tensorflow/serving/predict`; TensorFlow Serving's Classify API only accepts
-    signatures whose method name is `tensorflow/serving/classify`.
-    """
-    updater = tf.compat.v1.saved_model.signature_def_utils.MethodNameUpdater(export_dir)
-    updater.replace_method_name(
-        signature_key=signature_key, method_name=method_name, tags="serve"
-    )
-    updater.save()
 
 
 def export_toy_captioner(export_dir, **kwargs):

@@ -11,8 +11,9 @@ import pytest
 import tensorflow as tf
 
 from mmkeras.data.caption_pipeline import decode_images, image_bytes
-from training import caption_task
 from training import config as config_lib
+from training import experiment
+from training.tasks import caption as caption_task
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +24,7 @@ def trained(tmp_path_factory):
     cfg = config_lib.override(config_lib.get_experiment("caption_tiny"), ["train.steps=30"])
     model_dir, export_dir = str(root / "run"), str(root / "saved_models")
     os.makedirs(model_dir)
-    results = caption_task.run(cfg, model_dir, export_dir, tf.distribute.get_strategy(), verbose=0)
+    results = experiment.run(cfg, model_dir, export_dir, tf.distribute.get_strategy(), verbose=0)
     splits, _, synthetic = caption_task.load_splits(cfg.data, cfg.train.seed)
     jpegs = image_bytes(splits["test"][:6], synthetic, image_format="jpeg")
     return results, model_dir, jpegs

@@ -26,8 +26,12 @@ def test_help_documents_the_flags():
     assert proc.returncode in (0, 1)
     assert "python -m training.train" in proc.stdout
     for flag in ("--task", "--data", "--model_dir", "--export_dir", "--max_minutes", "--max_steps",
-                 "--experiment", "--set", "--[no]skip_bad_examples", "--strategy"):
+                 "--experiment", "--set", "--[no]skip_bad_examples", "--strategy", "--fusion"):
         assert flag in proc.stdout, flag
+    # Every fusion strategy, task, data form and experiment is listed.
+    for name in ("concat", "add", "weighted_sum", "gated", "cross_attention", "gcn", "late",
+                 "classify", "vqa", "easy_vqa", "flickr8k_match:DIR", "vqa_easy_vqa", "classify_flickr8k_match"):
+        assert name in proc.stdout, name
 
 
 def write_manifest(tmp_path, bad_row):
@@ -93,4 +97,83 @@ def test_tiny_run_trains_evaluates_and_exports(tmp_path):
     assert (export_dir / "models.config").exists()
     metrics = json.loads((model_dir / "eval_metrics.json").read_text())
     assert metrics["train_steps"] == 4
-    assert json.loads(proc.stdout.strip().splitlines()[0])["train_steps"] == 4
+    # The final metrics are one JSON line on stdout (after the trainable parameter count).
+    assert "Trainable parameters:" in proc.stdout
+    metrics_lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(metrics_lines) == 1 and json.loads(metrics_lines[0])["train_steps"] == 4
+
+
+def test_vqa_run_with_a_fusion_flag_trains_evaluates_and_exports(tmp_path):
+    model_dir, export_dir = tmp_path / "run", tmp_path / "saved_models"
+    proc = run_train("--task=vqa", "--experiment=vqa_tiny", "--fusion=gcn", f"--model_dir={model_dir}",
+                     f"--export_dir={export_dir}", "--max_steps=3", "--verbose=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (export_dir / "vqa" / "1" / "saved_model.pb").exists()
+    cfg = json.loads((model_dir / "config.json").read_text())
+    assert (cfg["task"], cfg["model"]["fusion"]) == ("vqa", "gcn")
+    metrics = json.loads((model_dir / "eval_metrics.json").read_text())
+    for key in ("accuracy", "macro_f1", "weighted_f1", "accuracy_image_only", "accuracy_text_only",
+                "num_test_examples", "train_steps"):
+        assert key in metrics, key
+    assert metrics["train_steps"] == 3
+    assert "macro avg" in proc.stdout  # the classification report is printed
+
+
+def test_unknown_fusion_and_fusion_for_captions_are_clear_errors(tmp_path):
+    proc = run_train("--experiment=classify_tiny", "--fusion=nope", f"--model_dir={tmp_path / 'a'}", "--export_dir=")
+    assert proc.returncode == 2
+    assert "fusion='nope'" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_train("--fusion=gcn", f"--model_dir={tmp_path / 'b'}", "--export_dir=")
+    assert proc.returncode != 0 and "--fusion applies to" in proc.stderr
+
+
+def write_classification_manifest(tmp_path, test_label="red"):
+    rng = np.random.default_rng(0)
+    rows = ["image,text,label,split"]
+    for i in range(12):
+        name = f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / name)
+        split = "train" if i < 8 else ("validation" if i < 10 else "test")
+        label = test_label if split == "test" else ("red", "blue")[i % 2]
+        rows.append(f"{name},what colour is it,{label},{split}")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest
+
+
+def test_classify_manifest_with_an_unseen_label_names_file_and_row(tmp_path):
+    manifest = write_classification_manifest(tmp_path, test_label="green")
+    model_dir = tmp_path / "run"
+    proc = run_train("--experiment=classify_tiny", f"--data=csv:{manifest}", f"--model_dir={model_dir}",
+                     "--export_dir=", "--max_steps=2")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "manifest.csv" in proc.stderr and "row 12" in proc.stderr and "green" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (model_dir / "checkpoints").exists()
+
+
+def test_cross_validated_fusion_weights_and_early_stopping(tmp_path):
+    manifest = write_classification_manifest(tmp_path)
+    model_dir = tmp_path / "run"
+    proc = run_train("--experiment=classify_tiny", f"--data=csv:{manifest}", "--fusion=weighted_sum",
+                     "--set=model.fusion_weights=cv", "--set=data.batch_size=4", "--set=train.eval_every=2",
+                     "--set=train.early_stopping_patience=2", f"--model_dir={model_dir}", "--export_dir=",
+                     "--max_steps=6", "--verbose=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cv = json.loads((model_dir / "cv_results.json").read_text())
+    assert [row["image_weight"] for row in cv["grid"]] == [0.25, 0.75]
+    assert all(len(row["fold_accuracy"]) == 2 for row in cv["grid"])
+    assert cv["chosen"] == max(cv["grid"], key=lambda row: row["mean_accuracy"])
+    assert "Cross-validated fusion weights" in proc.stdout
+    assert not (model_dir / "cv").exists()  # the inner runs' scratch is removed
+    # The final model uses the chosen weights.
+    import keras
+    import mmkeras  # noqa: F401
+
+    model = keras.saving.load_model(model_dir / "model.keras")
+    chosen = cv["chosen"]
+    np.testing.assert_allclose(model.fusion.normalized_weights, (chosen["image_weight"], chosen["text_weight"]))
+    state = json.loads((model_dir / "early_stopping.json").read_text())
+    assert state["metric"] == "val_accuracy" and (model_dir / "best.weights.h5").exists()
+    metrics = json.loads((model_dir / "eval_metrics.json").read_text())
+    assert metrics["best_step"] == state["best_step"]

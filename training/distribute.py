@@ -164,7 +164,7 @@ class WorkerDirs:
 
     Example:
     >>> with WorkerDirs(strategy, "runs/x", "saved_models") as dirs:
-    ...     caption_task.run(cfg, dirs.model_dir, dirs.export_dir, strategy)
+    ...     experiment.run(cfg, dirs.model_dir, dirs.export_dir, strategy)
     """
 
     def __init__(self, strategy, model_dir, export_dir):

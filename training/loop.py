@@ -49,7 +49,7 @@ class LoopResult:
             this one resumed from).
         resumed_from: the checkpoint step this run started from, or None.
         seconds: wall time of this run's training.
-        stopped_early: True if the time budget ended training.
+        stopped_early: True if the time budget or early stopping ended training.
         examples_per_second: global examples per second in this run.
         weights_fingerprint: SHA-256 of all model weights (batch-norm
             statistics included), to compare workers.
@@ -174,6 +174,9 @@ def train(
     jit_compile=False,
     verbose=1,
     chief=True,
+    validate=None,
+    eval_every=0,
+    early_stopping=None,
 ):
     """Trains a compiled Keras model with `strategy`, resuming from a checkpoint.
 
@@ -199,6 +202,11 @@ def train(
         jit_compile: compile each replica's step with XLA.
         verbose: 0 silent, 1 progress bar, 2 one line per epoch.
         chief: whether this process is the chief (only used for logging).
+        validate: optional `() -> dict` of validation metrics (`val_*`),
+            called on every worker every `eval_every` steps and logged.
+        eval_every: steps between validations (0: none).
+        early_stopping: optional `training.early_stopping.EarlyStopping`,
+            updated after each validation; it can end training early.
 
     Returns:
         A `LoopResult`.
@@ -237,6 +245,10 @@ def train(
     examples_seen = int(examples_var.numpy())
 
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=3)
+    if early_stopping is not None and resumed_from is not None:
+        early_stopping.restore_state()
+    if validate is not None and eval_every < 1:
+        raise ValueError(f"`eval_every` must be >= 1 with `validate`. Received: eval_every={eval_every}")
 
     def save():
         step_var.assign(step)
@@ -296,6 +308,19 @@ def train(
             log_file.flush()
         return metrics
 
+    def run_validation():
+        """Validates, logs `val_*` metrics; True if early stopping says stop."""
+        results = validate()
+        if writer is not None:
+            with writer.as_default(step=step):
+                for name, value in results.items():
+                    tf.summary.scalar(name, value)
+        if log_file is not None:
+            log_file.write(json.dumps({"step": step, **results}) + "\n")
+            log_file.flush()
+        logging.info("Step %d validation: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
+        return early_stopping is not None and early_stopping.update(step, results, model)
+
     def stop_flag():
         """2 on a preemption notice, 1 when out of time, else 0; the same on all workers."""
         preempted = _PREEMPTED.is_set()
@@ -310,6 +335,9 @@ def train(
     try:
         if step >= total_steps:
             logging.info("Checkpoint step %d reaches the planned %d steps; nothing to train.", step, total_steps)
+        elif early_stopping is not None and early_stopping.stopped:
+            logging.info("Early stopping had ended this run at step %d; nothing to train.", step)
+            stopped_early = True
         else:
             iterator = iter(make_dataset(examples_seen))
             model.reset_metrics()
@@ -329,6 +357,12 @@ def train(
                         metrics = log_metrics((step - interval_step) / max(now - interval_start, 1e-9))
                         interval_start, interval_step = now, step
                     progress.end_step(step, metrics)
+                    if validate is not None and step % eval_every == 0 and not flag:
+                        # The decision comes from all-reduced metrics: the same on every worker.
+                        if run_validation():
+                            logging.info("Early stopping at step %d.", step)
+                            stopped_early = True
+                            flag = 3
 
                     if flag or step == total_steps or (checkpoint_every and step % checkpoint_every == 0):
                         save()
@@ -339,6 +373,8 @@ def train(
                             f"Preempted (SIGTERM) at step {step}; checkpoint saved. "
                             "Rerun the same command to resume."
                         )
+                    if flag == 3:
+                        break
                     if flag == 1:
                         stopped_early = True
                         logging.info("Time budget of %s minutes reached at step %d.", max_minutes, step)
@@ -361,30 +397,42 @@ def train(
     )
 
 
-def evaluate(model, strategy, dataset):
-    """Runs `model.test_step` over a finite dataset of global batches.
+class Evaluator:
+    """Runs `model.test_step` over finite datasets of global batches.
 
     The same loss and metrics as `model.evaluate`, under any strategy; results
     are aggregated over all replicas and workers. Every worker must call it.
-
-    Returns:
-        A dict of Python floats, e.g. `{"loss": ..., "token_accuracy": ...}`.
+    Its compiled functions are kept, so evaluating every few hundred steps
+    traces once.
     """
-    from training.distribute import distribute_dataset
 
-    distributed = distribute_dataset(strategy, dataset)
+    def __init__(self, model, strategy):
+        self.model = model
+        self.strategy = strategy
 
-    @tf.function(reduce_retracing=True)
-    def test_step(data):
-        strategy.run(model.test_step, args=(data,))
+        @tf.function(reduce_retracing=True)
+        def test_step(data):
+            strategy.run(model.test_step, args=(data,))
 
-    @tf.function
-    def read_metrics():
-        return model.get_metrics_result()
+        @tf.function
+        def read_metrics():
+            return model.get_metrics_result()
 
-    model.reset_metrics()
-    for data in distributed:
-        test_step(data)
-    results = {k: _to_float(v) for k, v in read_metrics().items()}
-    model.reset_metrics()
-    return results
+        self._test_step = test_step
+        self._read_metrics = read_metrics
+
+    def __call__(self, dataset):
+        """Returns a dict of Python floats, e.g. `{"loss": ..., "token_accuracy": ...}`."""
+        from training.distribute import distribute_dataset
+
+        self.model.reset_metrics()
+        for data in distribute_dataset(self.strategy, dataset):
+            self._test_step(data)
+        results = {k: _to_float(v) for k, v in self._read_metrics().items()}
+        self.model.reset_metrics()
+        return results
+
+
+def evaluate(model, strategy, dataset):
+    """One `Evaluator(model, strategy)(dataset)`: loss and metrics over `dataset`."""
+    return Evaluator(model, strategy)(dataset)

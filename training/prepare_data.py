@@ -43,10 +43,10 @@ def _examples(spec, skip_bad_examples, report):
     """`(split, CaptionRecord)` pairs and an image reader for a data spec."""
     from mmkeras.data import caption_formats
     from mmkeras.data import tfrecords
+    from mmkeras.data.data_spec import parse_data_spec
 
-    kind, _, rest = spec.partition(":")
-    kind = kind.strip().lower()
-    if kind == "synthetic":
+    spec = parse_data_spec(spec, ("synthetic",) + caption_formats.CAPTION_FILE_KINDS)
+    if spec.kind == "synthetic":
         from mmkeras.data.synthetic_captions import SyntheticCaptions, encode_png
         from training import config as config_lib
 
@@ -61,11 +61,9 @@ def _examples(spec, skip_bad_examples, report):
         pairs = ((split, r) for split in tfrecords.SPLITS for r in synthetic.records(split))
         # PNG keeps the rendered pixels exactly.
         return pairs, lambda record: encode_png(synthetic.render_image(record.image))
-    if kind in ("csv", "jsonl"):
-        if not rest:
-            raise ValueError(f"--data={spec}: expected {kind}:FILE.")
+    if spec.kind in ("csv", "jsonl"):
         pairs = tfrecords.iter_caption_manifest(
-            rest, skip_bad_examples, report, file_format=None if kind == "csv" else "jsonl"
+            spec.path, skip_bad_examples, report, file_format=None if spec.kind == "csv" else "jsonl"
         )
         return pairs, None
     splits, loaded = caption_formats.load_caption_data(spec, skip_bad_examples)

@@ -1,12 +1,16 @@
-"""Trains, evaluates and exports an mmkeras model.
+"""Trains, evaluates and exports an mmkeras model, for any task.
 
     python -m training.train                       # captioner on synthetic data
     python -m training.train --data=flickr8k:../shared/data/flickr8k-1k \\
         --experiment=caption_flickr8k --max_minutes=10
+    python -m training.train --task=vqa --data=easy_vqa --fusion=cross_attention
+    python -m training.train --task=classify --data=csv:manifest.csv --fusion=gated
 
 Writes into --model_dir: config.json (the resolved config), vocabulary.txt,
 data_report.json, checkpoints/, logs/ (TensorBoard and train_log.jsonl),
-samples.json, eval_metrics.json and model.keras; then exports a SavedModel to
+eval_metrics.json, model.keras and the task's extras (samples.json for
+captions; classification_report.txt, confusion_matrix.png and
+predictions.jsonl for classifiers); then exports a SavedModel to
 <export_dir>/<model_name>/<version>/.
 
 Rerunning the same command resumes from the last checkpoint in --model_dir
@@ -19,25 +23,39 @@ import sys
 
 from absl import app, flags, logging
 
+from mmkeras.data.data_spec import describe_kinds
+from mmkeras.layers.fusion import FUSION_DESCRIPTIONS
+from training import config as config_lib
+from training.tasks import TASK_NAMES
+
 FLAGS = flags.FLAGS
 flags.DEFINE_enum(
-    "task", "caption", ["caption"], "What to train: `caption` (image captioning)."
+    "task", "caption", list(TASK_NAMES),
+    "What to train: `caption` (image captioning), `classify` (image+text "
+    "classification with a fusion strategy) or `vqa` (classification over the "
+    "answer vocabulary).",
 )
 flags.DEFINE_string(
     "experiment",
     None,
-    "Named experiment to start from (see training/config.py: caption_synthetic, "
-    "caption_flickr8k, caption_tiny). Defaults to the task's synthetic experiment.",
+    "Named experiment to start from: " + ", ".join(config_lib.EXPERIMENTS) + ". Defaults "
+    "to the task's synthetic experiment (" + ", ".join(
+        f"{t}: {e}" for t, e in config_lib.DEFAULT_EXPERIMENTS.items()) + ").",
 )
 flags.DEFINE_string(
     "data",
     None,
-    "Data: `synthetic` (built in, default), `flickr8k:DIR`, "
-    "`coco:CAPTIONS_JSON:IMAGE_DIR`, `csv:FILE` (CSV or JSONL manifest with image "
-    "and caption columns), `tfrecord:DIR` (shards written by training.prepare_data). "
-    "Overrides data.spec.",
+    "Data; overrides data.spec. caption: synthetic, flickr8k, coco, csv, jsonl, "
+    "tfrecord; classify/vqa: synthetic (VQA questions about the shapes), easy_vqa, "
+    "flickr8k_match, csv, jsonl (manifest columns image, text, label or labels). "
+    "Forms:\n" + describe_kinds(),
 )
-flags.DEFINE_string("model_dir", "runs/caption", "Where config, checkpoints, logs and metrics go.")
+flags.DEFINE_string(
+    "fusion", None,
+    "classify/vqa: how image and text are fused; overrides model.fusion. One of:\n"
+    + "\n".join(f"  {name}: {text}" for name, text in FUSION_DESCRIPTIONS.items()),
+)
+flags.DEFINE_string("model_dir", None, "Where config, checkpoints, logs and metrics go (default runs/<task>).")
 flags.DEFINE_string(
     "export_dir", "saved_models", "SavedModels go to <export_dir>/<model_name>/<version>/. "
     "Empty string: do not export."
@@ -72,15 +90,18 @@ flags.DEFINE_integer("verbose", 1, "Keras progress output: 0 silent, 1 progress 
 
 
 def resolve_config():
-    from training import config as config_lib
-
-    name = FLAGS.experiment or {"caption": "caption_synthetic"}[FLAGS.task]
+    task_given = FLAGS["task"].present
+    name = FLAGS.experiment or config_lib.DEFAULT_EXPERIMENTS[FLAGS.task]
     cfg = config_lib.get_experiment(name)
-    if cfg.task != FLAGS.task:
+    if task_given and cfg.task != FLAGS.task:
         raise app.UsageError(
             f"Experiment {name!r} is for task {cfg.task!r}, not --task={FLAGS.task}."
         )
     overrides = list(FLAGS.set)
+    if FLAGS.fusion is not None:
+        if cfg.task == "caption":
+            raise app.UsageError("--fusion applies to --task=classify and --task=vqa, not caption.")
+        overrides.append(f"model.fusion={FLAGS.fusion}")
     if FLAGS.data is not None:
         overrides.append(f"data.spec={FLAGS.data}")
     if FLAGS.max_minutes is not None:
@@ -117,16 +138,22 @@ def main(argv):
         f", {task_type} {task_id} of {num_workers} workers" if task_type else "",
     )
 
-    from training import caption_task
+    from training import experiment
     from training import loop
+    from training.tasks.base import ConfigError
+    from training.tasks.base import DataError
 
-    with distribute.WorkerDirs(strategy, FLAGS.model_dir, FLAGS.export_dir) as dirs:
+    model_dir = FLAGS.model_dir or f"runs/{cfg.task}"
+    with distribute.WorkerDirs(strategy, model_dir, FLAGS.export_dir) as dirs:
         try:
-            results = caption_task.run(
+            results = experiment.run(
                 cfg, dirs.model_dir, dirs.export_dir, strategy, verbose=FLAGS.verbose,
                 restore_dir=dirs.checkpoint_read_dir,
             )
-        except caption_task.DataError as e:
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except DataError as e:
             # A data problem is the user's to fix: say what and where, no traceback.
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)

@@ -25,19 +25,15 @@ import json
 import os
 import posixpath
 
+from mmkeras.data.data_spec import DataSpec
+from mmkeras.data.data_spec import parse_data_spec
 from mmkeras.data.records import CaptionRecord
 from mmkeras.data.records import LoadReport
+from mmkeras.data.records import read_jsonl_objects
 from mmkeras.data.records import reject_example
 from mmkeras.data.records import validate_records
 
 SPLITS = ("train", "validation", "test")
-
-DATA_SPEC_FORMS = (
-    "flickr8k:DIR",
-    "coco:CAPTIONS_JSON:IMAGE_DIR",
-    "csv:FILE (CSV or JSONL manifest)",
-    "jsonl:FILE",
-)
 
 # Split names found in the wild; Karpathy's "restval" images are training images.
 _SPLIT_ALIASES = {
@@ -498,42 +494,28 @@ def _manifest_rows_csv(path, skip_bad_examples, report):
 
 def _manifest_rows_jsonl(path, skip_bad_examples, report):
     """Yields `(line_number, image, [captions], split or None)` from JSONL."""
-    with open(path, encoding="utf-8-sig") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path} line {number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                reject_example(where, f"bad JSON ({e.msg})", skip_bad_examples,
-                               report)
-                continue
-            if not isinstance(row, dict):
-                reject_example(where, "expected a JSON object", skip_bad_examples,
-                               report)
-                continue
-            if "caption" in row:
-                captions = [row["caption"]]
-            elif "captions" in row:
-                captions = row["captions"]
-                if not isinstance(captions, list):
-                    captions = None
-            else:
-                reject_example(where, "missing 'caption' or 'captions'",
-                               skip_bad_examples, report)
-                continue
-            if captions is None or not all(isinstance(c, str) for c in captions):
-                reject_example(
-                    where, "'caption' must be a string and 'captions' a list of "
-                    "strings", skip_bad_examples, report,
-                )
-                continue
-            image = row.get("image")
-            if image is not None and not isinstance(image, str):
-                image = None
-            split = row.get("split")
-            yield number, image, captions, None if split is None else str(split)
+    for number, where, row in read_jsonl_objects(path, skip_bad_examples, report):
+        if "caption" in row:
+            captions = [row["caption"]]
+        elif "captions" in row:
+            captions = row["captions"]
+            if not isinstance(captions, list):
+                captions = None
+        else:
+            reject_example(where, "missing 'caption' or 'captions'",
+                           skip_bad_examples, report)
+            continue
+        if captions is None or not all(isinstance(c, str) for c in captions):
+            reject_example(
+                where, "'caption' must be a string and 'captions' a list of "
+                "strings", skip_bad_examples, report,
+            )
+            continue
+        image = row.get("image")
+        if image is not None and not isinstance(image, str):
+            image = None
+        split = row.get("split")
+        yield number, image, captions, None if split is None else str(split)
 
 
 def load_caption_manifest(path, skip_bad_examples=False, report=None,
@@ -622,12 +604,8 @@ def load_caption_manifest(path, skip_bad_examples=False, report=None,
     )
 
 
-def _spec_error(spec, problem):
-    forms = "\n  ".join(DATA_SPEC_FORMS)
-    return ValueError(
-        f"{problem} Accepted forms:\n  {forms}\n(`synthetic` is the built-in "
-        f"data set, see `mmkeras.data.synthetic_captions`.) Received: data={spec!r}"
-    )
+# The file-based caption kinds `load_caption_data` reads.
+CAPTION_FILE_KINDS = ("flickr8k", "coco", "csv", "jsonl")
 
 
 def load_caption_data(spec, skip_bad_examples=False):
@@ -635,7 +613,8 @@ def load_caption_data(spec, skip_bad_examples=False):
 
     Args:
         spec: `flickr8k:DIR`, `coco:CAPTIONS_JSON:IMAGE_DIR`, `csv:FILE` (a CSV or,
-            by its `.jsonl` suffix, a JSONL manifest) or `jsonl:FILE`.
+            by its `.jsonl` suffix, a JSONL manifest) or `jsonl:FILE`, as a
+            string or a parsed `mmkeras.data.data_spec.DataSpec`.
         skip_bad_examples: count and leave out bad rows and images instead of
             raising `BadExampleError`.
 
@@ -643,31 +622,20 @@ def load_caption_data(spec, skip_bad_examples=False):
         `(splits, report)`: `{"train": [...], "validation": [...], "test": [...]}`
         of `CaptionRecord`s and the `LoadReport`.
     """
-    kind, colon, rest = str(spec).partition(":")
-    kind = kind.strip().lower()
-    if not colon or not rest:
-        raise _spec_error(spec, "Unknown or incomplete caption data spec.")
+    if not isinstance(spec, DataSpec):
+        spec = parse_data_spec(spec, CAPTION_FILE_KINDS)
     report = LoadReport()
-    if kind == "flickr8k":
-        splits = load_flickr8k(rest, skip_bad_examples, report)
-    elif kind == "coco":
-        # A Windows drive letter or odd file name may contain ':', so split after
-        # the JSON file name when we can.
-        cut = rest.lower().find(".json:")
-        if cut >= 0:
-            captions_json, image_dir = rest[: cut + 5], rest[cut + 6:]
-        else:
-            captions_json, _, image_dir = rest.partition(":")
-        if not captions_json or not image_dir:
-            raise _spec_error(spec, "The coco spec needs a captions JSON and an "
-                              "image folder.")
-        splits = load_coco_captions(captions_json, image_dir, skip_bad_examples,
-                                    report)
-    elif kind == "csv":
-        splits = load_caption_manifest(rest, skip_bad_examples, report)
-    elif kind == "jsonl":
-        splits = load_caption_manifest(rest, skip_bad_examples, report,
-                                       file_format="jsonl")
+    if spec.kind == "flickr8k":
+        splits = load_flickr8k(spec.path, skip_bad_examples, report)
+    elif spec.kind == "coco":
+        splits = load_coco_captions(*spec.args, skip_bad_examples, report)
+    elif spec.kind == "csv":
+        splits = load_caption_manifest(spec.path, skip_bad_examples, report)
+    elif spec.kind == "jsonl":
+        splits = load_caption_manifest(spec.path, skip_bad_examples, report, file_format="jsonl")
     else:
-        raise _spec_error(spec, f"Unknown caption data kind {kind!r}.")
+        raise ValueError(
+            f"{spec.kind!r} is not a caption file format ({', '.join(CAPTION_FILE_KINDS)}). "
+            f"Received: data={spec.text!r}"
+        )
     return splits, report

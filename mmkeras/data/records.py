@@ -10,6 +10,7 @@ with an error that names neither the file nor the row.
 """
 
 import dataclasses
+import json
 import os
 
 SKIP_HINT = "Pass --skip_bad_examples to skip such rows."
@@ -185,3 +186,25 @@ def validate_records(records, skip_bad_examples, report):
         else:
             reject_example(record.origin, reason, skip_bad_examples, report)
     return kept
+
+
+def read_jsonl_objects(path, skip_bad_examples, report):
+    """Yields `(line_number, where, row)` for each JSON object line of a JSONL manifest.
+
+    Blank lines are passed over; a line that is not valid JSON or not an
+    object is rejected (`reject_example`), naming the file and line.
+    """
+    with open(path, encoding="utf-8-sig") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path} line {number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                reject_example(where, f"bad JSON ({e.msg})", skip_bad_examples, report)
+                continue
+            if not isinstance(row, dict):
+                reject_example(where, "expected a JSON object", skip_bad_examples, report)
+                continue
+            yield number, where, row

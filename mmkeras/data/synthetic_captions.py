@@ -204,6 +204,27 @@ class SyntheticCaptions:
         _, captions = self._scene(split, index)
         return captions
 
+    def scene(self, split, index):
+        """What one example shows, without rendering (for questions about it).
+
+        Returns:
+            `{"layout": "single" | "row" | "column", "objects": [...]}`, the
+            objects in reading order (left to right, top to bottom), each a dict
+            with `size`, `color`, `shape`, `center` (`(x, y)`) and `extent` (the
+            side), as fractions of the image side.
+        """
+        scene, _ = self._scene(split, index)
+        return {
+            "layout": scene["layout"],
+            "objects": [
+                {"size": size, "color": color, "shape": shape, "center": center,
+                 "extent": extent}
+                for (size, color, shape), (_, extent, center, _) in zip(
+                    scene["names"], scene["objects"]
+                )
+            ],
+        }
+
     def render(self, split, index):
         """Renders one example.
 
@@ -335,6 +356,8 @@ class SyntheticCaptions:
             "rng": rng,
             "background": background,
             "objects": list(zip(shape_names, extents, centers, fills)),
+            "layout": layout,
+            "names": list(zip(sizes, color_names, shape_names)),
         }
         descriptions = [
             f"{s} {c} {k}" for s, c, k in zip(sizes, color_names, shape_names)

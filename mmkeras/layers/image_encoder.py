@@ -4,6 +4,9 @@ import keras
 import keras_hub
 from keras import ops
 
+from mmkeras.layers.backbone_utils import backbone_get_config
+from mmkeras.layers.backbone_utils import resolve_backbone
+
 
 @keras.saving.register_keras_serializable(package="mmkeras")
 class ImageEncoder(keras.layers.Layer):
@@ -30,7 +33,9 @@ class ImageEncoder(keras.layers.Layer):
         backbone_class: optional name of a `keras_hub.models` backbone class,
             e.g. `"ResNetBackbone"`, built with `backbone_kwargs`.
         backbone_kwargs: dict of constructor arguments for `backbone_class`.
-        backbone_preset: optional path of a keras-hub preset directory.
+        backbone_preset: optional path of a keras-hub preset directory. The
+            config keeps the backbone's own config next to this path, so a
+            saved model reloads (weights from the `.keras` file) without it.
         backbone_trainable: bool, whether backbone weights are fine-tuned.
         pixel_scale, pixel_offset: floats; images arrive in `[0, 255]` and are
             mapped to `images * pixel_scale + pixel_offset` first.
@@ -69,13 +74,6 @@ class ImageEncoder(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        sources = [s is not None for s in (backbone, backbone_class, backbone_preset)]
-        if sum(sources) > 1:
-            raise ValueError(
-                "Pass at most one of `backbone`, `backbone_class` and "
-                f"`backbone_preset`. Received: backbone={backbone}, "
-                f"backbone_class={backbone_class}, backbone_preset={backbone_preset}"
-            )
         if not isinstance(hidden_dim, int) or hidden_dim < 1:
             raise ValueError(f"`hidden_dim` must be a positive int. Received: hidden_dim={hidden_dim}")
         stem_filters = tuple(int(f) for f in stem_filters)
@@ -98,19 +96,9 @@ class ImageEncoder(keras.layers.Layer):
         self.pixel_offset = pixel_offset
         self.dropout = dropout
 
-        if isinstance(backbone, dict):
-            backbone = keras.layers.deserialize(backbone)
-        if backbone_class is not None:
-            cls = getattr(keras_hub.models, backbone_class, None)
-            if cls is None:
-                raise ValueError(
-                    f"`backbone_class` must name a class in keras_hub.models. "
-                    f"Received: backbone_class={backbone_class}"
-                )
-            backbone = cls(**self.backbone_kwargs)
-        if backbone_preset is not None:
-            # A local directory only: hub names would need the network.
-            backbone = keras_hub.models.Backbone.from_preset(backbone_preset)
+        backbone = resolve_backbone(
+            backbone, backbone_class, self.backbone_kwargs, backbone_preset
+        )
         self.backbone = backbone
         if backbone is not None:
             backbone.trainable = backbone_trainable
@@ -206,7 +194,12 @@ class ImageEncoder(keras.layers.Layer):
             for layer in self.stem:
                 x = layer(x, training=training)
         if len(x.shape) == 4:
-            x = ops.reshape(x, (ops.shape(x)[0], -1, x.shape[-1]))
+            # A static token count when the grid is static: layers after the
+            # encoder (e.g. a graph over the grid) need it at trace time.
+            if x.shape[1] and x.shape[2]:
+                x = ops.reshape(x, (-1, x.shape[1] * x.shape[2], x.shape[-1]))
+            else:
+                x = ops.reshape(x, (ops.shape(x)[0], -1, x.shape[-1]))
         x = self.projection(x)
         x = x + self.position_embedding(x)
         tokens = self.token_dropout(self.norm(x), training=training)
@@ -234,9 +227,7 @@ class ImageEncoder(keras.layers.Layer):
                 "pixel_scale": self.pixel_scale,
                 "pixel_offset": self.pixel_offset,
                 "dropout": self.dropout,
-                "backbone": None,
+                "backbone": backbone_get_config(self.backbone, self.backbone_class),
             }
         )
-        if self.backbone is not None and not (self.backbone_class or self.backbone_preset):
-            config["backbone"] = keras.layers.serialize(self.backbone)
         return config

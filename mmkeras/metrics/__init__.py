@@ -1,15 +1,27 @@
-"""Caption-quality metrics (BLEU, ROUGE-L, CIDEr-D) in pure Python."""
+"""Metrics in pure Python / numpy: caption quality (BLEU, ROUGE-L, CIDEr-D) and classification."""
 
 from mmkeras.metrics.bleu import bleu
 from mmkeras.metrics.caption_metrics import caption_metrics
 from mmkeras.metrics.caption_metrics import normalize_caption
 from mmkeras.metrics.cider import cider
+from mmkeras.metrics.classification import best_thresholds
+from mmkeras.metrics.classification import classification_report
+from mmkeras.metrics.classification import confusion_matrix
+from mmkeras.metrics.classification import format_report
+from mmkeras.metrics.classification import multilabel_report
+from mmkeras.metrics.classification import top_confusions
 from mmkeras.metrics.rouge_l import rouge_l
 
 __all__ = [
+    "best_thresholds",
     "bleu",
     "caption_metrics",
     "cider",
+    "classification_report",
+    "confusion_matrix",
+    "format_report",
+    "multilabel_report",
     "normalize_caption",
     "rouge_l",
+    "top_confusions",
 ]

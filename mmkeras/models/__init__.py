@@ -1,5 +1,14 @@
-"""mmkeras models."""
+"""mmkeras models: captioner, fusion classifier, ensembles."""
 
+from mmkeras.models.classifier_ensemble import ENSEMBLE_METHODS, ClassifierEnsemble
+from mmkeras.models.fusion_classifier import FusionClassifier, build_fusion_classifier
 from mmkeras.models.image_captioner import ImageCaptioner, build_image_captioner
 
-__all__ = ["ImageCaptioner", "build_image_captioner"]
+__all__ = [
+    "ENSEMBLE_METHODS",
+    "ClassifierEnsemble",
+    "FusionClassifier",
+    "ImageCaptioner",
+    "build_fusion_classifier",
+    "build_image_captioner",
+]

@@ -8,30 +8,10 @@ from keras import ops, tree
 from mmkeras.data.tokenizer import detokenize_generated
 from mmkeras.layers.image_encoder import ImageEncoder
 from mmkeras.layers.text_decoder import TextDecoder
+from mmkeras.models.replica_utils import scale_for_replicas
+from mmkeras.models.replica_utils import sum_over_replicas
 
 GENERATION_METHODS = ("greedy", "beam", "top_k")
-
-
-def _replica_context():
-    """The TensorFlow replica context when several replicas train, else None."""
-    if keras.backend.backend() != "tensorflow":
-        return None
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return None
-    return context
-
-
-def _sum_over_replicas(value):
-    context = _replica_context()
-    return value if context is None else context.all_reduce(tf.distribute.ReduceOp.SUM, value)
-
-
-def _scale_for_replicas(value):
-    # Per-replica regularization terms: their all-reduced gradient sum counts
-    # each once.
-    context = _replica_context()
-    return value if context is None else value / context.num_replicas_in_sync
 
 
 class _FunctionCache:
@@ -175,10 +155,10 @@ class ImageCaptioner(keras.Model):
         # optimizer's all-reduce sums the replicas' gradients. (Dividing by the
         # local count and by the number of replicas, as Keras losses do, would
         # weight a replica's tokens by how many others it happened to get.)
-        tokens = _sum_over_replicas(ops.sum(weights))
+        tokens = sum_over_replicas(ops.sum(weights))
         loss = ops.sum(per_token * weights) / ops.maximum(tokens, 1.0)
         for extra in self.losses:
-            loss = loss + _scale_for_replicas(ops.cast(ops.sum(extra), loss.dtype))
+            loss = loss + scale_for_replicas(ops.cast(ops.sum(extra), loss.dtype))
         return loss
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):

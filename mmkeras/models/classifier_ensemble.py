@@ -1,0 +1,179 @@
+"""Ensembles of trained classifiers: majority vote, weighted average, stacking."""
+
+import keras
+import numpy as np
+from keras import ops
+
+ENSEMBLE_METHODS = ("vote", "average", "stacking")
+
+
+@keras.saving.register_keras_serializable(package="mmkeras")
+class ClassifierEnsemble(keras.Model):
+    """Combines trained `FusionClassifier`s (any fusions) into one classifier.
+
+    - `vote`: majority voting. Single-label: each member votes for its top
+      class; the output "probabilities" are the vote shares, ties broken by
+      the members' mean probability. Multi-label: a label is on when most
+      members turn it on (vote shares against 0.5).
+    - `average`: weighted average of the members' probabilities (`weights`,
+      normalised; equal by default).
+    - `stacking` (Wolpert, 1992): a meta-classifier (a dense softmax or
+      sigmoid layer over the members' concatenated probabilities) trained
+      with `fit_stacking` on predictions the members did not train on
+      (held-out or out-of-fold).
+
+    Members keep their own preprocessing: `probabilities_from_raw` runs each
+    member's image decoding and tokenizer, so members with different image
+    sizes or vocabularies combine too, and the export takes raw inputs.
+    `call` feeds one preprocessed input dict to every member, for members
+    that share preprocessing (same data and config, different fusion).
+
+    Args:
+        members: list of trained classifiers with the same `label_names` and
+            `multi_label`.
+        method: one of `ENSEMBLE_METHODS`.
+        weights: optional member weights for `average` (>= 0, not all 0).
+        **kwargs: base model arguments.
+
+    Call arguments:
+        inputs: the members' input dict (`images`, `token_ids`,
+            `padding_mask`).
+
+    Returns:
+        A dict with `"probabilities"` `(batch, num_classes)`.
+
+    Example:
+    >>> # members = [keras.saving.load_model(p) for p in paths]
+    >>> # ensemble = ClassifierEnsemble(members, method="average")
+    >>> # ensemble.probabilities_from_raw(jpeg_bytes, questions)
+    """
+
+    def __init__(self, members, method="average", weights=None, **kwargs):
+        super().__init__(**kwargs)
+        members = [keras.layers.deserialize(m) if isinstance(m, dict) else m for m in members]
+        if len(members) < 2:
+            raise ValueError(f"An ensemble needs at least 2 members. Received: {len(members)} members")
+        if method not in ENSEMBLE_METHODS:
+            raise ValueError(f"`method` must be one of {', '.join(ENSEMBLE_METHODS)}. Received: method={method!r}")
+        first = members[0]
+        for i, member in enumerate(members[1:], start=1):
+            if member.label_names != first.label_names or member.multi_label != first.multi_label:
+                raise ValueError(
+                    "Ensemble members must predict the same labels the same way. "
+                    f"Received: member 0 labels {first.label_names} (multi_label={first.multi_label}), "
+                    f"member {i} labels {member.label_names} (multi_label={member.multi_label})"
+                )
+        if weights is not None:
+            weights = [float(w) for w in weights]
+            if len(weights) != len(members) or min(weights) < 0 or sum(weights) <= 0:
+                raise ValueError(
+                    f"`weights` must be {len(members)} non-negative numbers, not all 0. Received: weights={weights}"
+                )
+        self.members = members
+        self.method = method
+        self.weights_list = weights
+        self.label_names = first.label_names
+        self.num_classes = first.num_classes
+        self.multi_label = first.multi_label
+        for member in members:
+            member.trainable = False
+        self.meta = None
+        if method == "stacking":
+            self.meta = keras.layers.Dense(self.num_classes, name="meta_classifier")
+
+    def build(self, inputs_shape=None):
+        if self.meta is not None and not self.meta.built:
+            self.meta.build((None, len(self.members) * self.num_classes))
+        self.built = True
+
+    def get_build_config(self):
+        return {}
+
+    def build_from_config(self, config):
+        self.build()
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "members": [keras.layers.serialize(m) for m in self.members],
+                "method": self.method,
+                "weights": self.weights_list,
+            }
+        )
+        return config
+
+    def _combine(self, member_probabilities):
+        """`[ (batch, C) per member ]` -> `(batch, C)` ensemble probabilities."""
+        stacked = ops.stack(member_probabilities, axis=1)  # (batch, members, C)
+        if self.method == "average":
+            w = np.ones(len(self.members)) if self.weights_list is None else np.asarray(self.weights_list)
+            w = ops.cast(w / w.sum(), stacked.dtype)
+            return ops.einsum("bmc,m->bc", stacked, w)
+        if self.method == "vote":
+            mean = ops.mean(stacked, axis=1)
+            if self.multi_label:
+                votes = ops.cast(stacked > 0.5, stacked.dtype)
+                return ops.mean(votes, axis=1)
+            votes = ops.one_hot(ops.argmax(stacked, axis=-1), self.num_classes, dtype=stacked.dtype)
+            shares = ops.mean(votes, axis=1)
+            # A tie goes to the class with the higher mean probability; the
+            # nudge is far below one vote (1 / members).
+            return shares + mean * ops.cast(1e-3 / len(self.members), stacked.dtype)
+        features = ops.reshape(stacked, (ops.shape(stacked)[0], len(self.members) * self.num_classes))
+        logits = self.meta(features)
+        return ops.sigmoid(logits) if self.multi_label else ops.softmax(logits, axis=-1)
+
+    def call(self, inputs, training=None):
+        member_probabilities = [
+            m.probabilities(m(inputs, training=False)["logits"]) for m in self.members
+        ]
+        return {"probabilities": self._combine(member_probabilities)}
+
+    def probabilities_from_raw(self, images, texts):
+        """Probabilities of encoded images and strings, each member with its own preprocessing."""
+        return self._combine([m.probabilities_from_raw(images, texts) for m in self.members])
+
+    def decisions(self, probabilities):
+        """Class ids `(batch,)`, or multi-hot int `(batch, C)` (vote shares > 0.5,
+        else the members' mean thresholds)."""
+        if self.multi_label:
+            if self.method == "vote":
+                threshold = ops.cast(0.5, probabilities.dtype)
+            else:
+                threshold = ops.cast(
+                    ops.mean(ops.stack([m.thresholds for m in self.members]), axis=0), probabilities.dtype
+                )
+            return ops.cast(probabilities > threshold, "int64")
+        return ops.argmax(probabilities, axis=-1)
+
+    def fit_stacking(self, member_probabilities, targets, epochs=300, learning_rate=0.05, l2=1e-3, seed=0):
+        """Trains the meta-classifier on held-out or out-of-fold member predictions.
+
+        Args:
+            member_probabilities: list (one per member) of `(n, C)` arrays,
+                predicted on examples the members did not train on.
+            targets: class ids `(n,)`, or multi-hot `(n, C)`.
+
+        Returns:
+            The meta-classifier's final training loss.
+        """
+        if self.method != "stacking":
+            raise ValueError(f"fit_stacking needs method='stacking'. Received: method={self.method!r}")
+        if len(member_probabilities) != len(self.members):
+            raise ValueError(
+                f"Pass one probability array per member ({len(self.members)}). "
+                f"Received: {len(member_probabilities)}"
+            )
+        keras.utils.set_random_seed(seed)
+        features = np.concatenate([np.asarray(p, "float32") for p in member_probabilities], axis=1)
+        inputs = keras.Input((features.shape[1],))
+        self.meta.kernel_regularizer = keras.regularizers.L2(l2)
+        trainer = keras.Model(inputs, self.meta(inputs))
+        trainer.compile(
+            optimizer=keras.optimizers.Adam(learning_rate),
+            loss=(keras.losses.BinaryCrossentropy(from_logits=True) if self.multi_label
+                  else keras.losses.SparseCategoricalCrossentropy(from_logits=True)),
+        )
+        history = trainer.fit(features, np.asarray(targets), epochs=epochs, batch_size=len(features), verbose=0)
+        return float(history.history["loss"][-1])

@@ -1,0 +1,32 @@
+"""Loss normalisation over the global batch under a tf.distribute strategy.
+
+Keras losses divide by the local batch and the number of replicas, which
+weights a replica's examples (or tokens) by how many the others happened to
+get. mmkeras models divide their loss sums by the all-reduced count instead,
+so the loss is the mean over the global batch whatever the strategy.
+"""
+
+import keras
+import tensorflow as tf
+
+
+def replica_context():
+    """The TensorFlow replica context when several replicas train, else None."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return None
+    return context
+
+
+def sum_over_replicas(value):
+    """`value` summed over all replicas (itself on one replica)."""
+    context = replica_context()
+    return value if context is None else context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def scale_for_replicas(value):
+    """Per-replica regularization terms: their all-reduced gradient sum counts each once."""
+    context = replica_context()
+    return value if context is None else value / context.num_replicas_in_sync

@@ -1,0 +1,66 @@
+"""Experiments, overrides and the JSON round trip of the config."""
+
+import dataclasses
+import json
+
+import pytest
+
+from training import config as config_lib
+from training.tasks import TASK_NAMES, get_task
+
+
+@pytest.mark.parametrize("name", sorted(config_lib.EXPERIMENTS))
+def test_every_experiment_round_trips_through_json(name):
+    cfg = config_lib.get_experiment(name)
+    assert cfg.task in TASK_NAMES
+    restored = config_lib.from_dict(config_lib.ExperimentConfig, json.loads(config_lib.to_json(cfg)))
+    assert restored == cfg
+    # The experiment's data kind is one its task reads.
+    kind = cfg.data.spec.partition(":")[0]
+    assert kind in get_task(cfg.task).data_kinds
+
+
+def test_default_experiments_match_their_tasks():
+    for task, name in config_lib.DEFAULT_EXPERIMENTS.items():
+        assert config_lib.get_experiment(name).task == task
+
+
+def test_nested_dict_and_tuple_overrides():
+    cfg = config_lib.override(
+        config_lib.get_experiment("classify_tiny"),
+        [
+            'model.text_encoder.backbone_kwargs={"num_layers": 1, "hidden_dim": 16}',
+            "model.image_encoder.backbone_class=ResNetBackbone",
+            "model.image_encoder.stem_filters=4,8",
+            "classify.cv_grid=0.2,0.8",
+            "model.fusion=gcn",
+            "train.early_stopping_patience=3",
+        ],
+    )
+    assert cfg.model.text_encoder.backbone_kwargs == {"num_layers": 1, "hidden_dim": 16}
+    assert cfg.model.image_encoder.backbone_class == "ResNetBackbone"
+    assert cfg.model.image_encoder.stem_filters == (4, 8)
+    assert cfg.classify.cv_grid == (0.2, 0.8)
+    assert (cfg.model.fusion, cfg.train.early_stopping_patience) == ("gcn", 3)
+    # Overrides never mutate the experiment they started from.
+    assert config_lib.get_experiment("classify_tiny").model.text_encoder.backbone_kwargs == {}
+
+
+@pytest.mark.parametrize(
+    "assignment, message",
+    [
+        ("model.text_encoder.backbone_kwargs=[1]", "expected a JSON object"),
+        ("model.image_encoder.stem_filters=a,b", "expected comma-separated ints"),
+        ("model.text_encoder.nope=1", "has no field 'nope'"),
+        ("model.image_encoder=3", "is a section"),
+    ],
+)
+def test_bad_overrides_name_the_field(assignment, message):
+    with pytest.raises(ValueError, match=message):
+        config_lib.override(config_lib.get_experiment("classify_tiny"), [assignment])
+
+
+def test_vqa_experiments_are_classify_experiments_with_another_task():
+    assert dataclasses.replace(config_lib.get_experiment("vqa_tiny"), task="classify") == (
+        config_lib.get_experiment("classify_tiny")
+    )

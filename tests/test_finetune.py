@@ -1,0 +1,85 @@
+"""Freezing controls: `all`, `none`, `top:N` on both encoders."""
+
+import keras
+import numpy as np
+import pytest
+
+from mmkeras.layers import ImageEncoder
+from mmkeras.layers.text_encoder import TextEncoder
+from training import finetune
+
+
+def image_encoder():
+    encoder = ImageEncoder(hidden_dim=8, stem_filters=(4, 8, 8), convs_per_stage=1)
+    encoder.build((None, 32, 32, 3))
+    return encoder
+
+
+def text_encoder():
+    encoder = TextEncoder(vocabulary_size=20, sequence_length=6, hidden_dim=8, num_layers=3, num_heads=2,
+                          intermediate_dim=16)
+    encoder.build((None, 6))
+    return encoder
+
+
+def trainable_names(layer):
+    return {w.path for w in layer.trainable_weights}
+
+
+@pytest.mark.parametrize("make", [image_encoder, text_encoder])
+def test_none_freezes_the_feature_extractor_but_not_the_projection(make):
+    encoder = make()
+    everything = trainable_names(encoder)
+    frozen = finetune.apply_trainable(encoder, "none")
+    assert frozen == len(finetune.feature_blocks(encoder)) >= 3
+    left = trainable_names(encoder)
+    assert left and left < everything
+    for block in finetune.feature_blocks(encoder):
+        for layer in block:
+            assert not layer.trainable_weights
+
+
+def test_top_n_trains_only_the_top_blocks():
+    encoder = image_encoder()
+    assert finetune.apply_trainable(encoder, "top:1") == 2
+    blocks = finetune.feature_blocks(encoder)
+    assert all(not layer.trainable for block in blocks[:2] for layer in block)
+    assert all(layer.trainable for layer in blocks[2])
+    # A frozen batch norm runs on its moving statistics, also when training.
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    norm = blocks[0][1]
+    before = norm.moving_mean.numpy().copy()
+    encoder(images, training=True)
+    np.testing.assert_array_equal(before, norm.moving_mean.numpy())
+
+
+def test_text_top_n_counts_transformer_layers():
+    encoder = text_encoder()
+    # Embedding + 3 Transformer layers; top:2 freezes the embedding and one layer.
+    assert finetune.apply_trainable(encoder, "top:2") == 2
+    assert not encoder.embedding.trainable and not encoder.blocks[0].trainable
+    assert encoder.blocks[1].trainable and encoder.blocks[2].trainable
+
+
+def test_all_changes_nothing_and_bad_values_name_the_field():
+    encoder = image_encoder()
+    before = trainable_names(encoder)
+    assert finetune.apply_trainable(encoder, "all") == 0
+    assert trainable_names(encoder) == before
+    with pytest.raises(ValueError, match=r"model.image_encoder.trainable=.top-2."):
+        finetune.apply_trainable(encoder, "top-2", "model.image_encoder.trainable")
+
+
+def test_frozen_weights_do_not_move_in_a_fit_step():
+    encoder = image_encoder()
+    finetune.apply_trainable(encoder, "top:1")
+    inputs = keras.Input((32, 32, 3))
+    model = keras.Model(inputs, encoder(inputs)["pooled"])
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+    frozen = finetune.feature_blocks(encoder)[0][0].kernel
+    top = finetune.feature_blocks(encoder)[2][0].kernel
+    frozen_before, top_before = frozen.numpy().copy(), top.numpy().copy()
+    rng = np.random.default_rng(1)
+    model.fit(rng.uniform(0, 255, (4, 32, 32, 3)), rng.normal(size=(4, 8)), verbose=0)
+    np.testing.assert_array_equal(frozen_before, frozen.numpy())
+    assert not np.allclose(top_before, top.numpy())

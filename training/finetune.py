@@ -1,0 +1,76 @@
+"""Fine-tuning controls shared by every task: which encoder weights train.
+
+`model.image_encoder.trainable` and `model.text_encoder.trainable` take:
+
+- `all`: everything trains (the default);
+- `none`: the encoder's feature extractor (conv stem or keras-hub backbone,
+  token embedding and Transformer blocks) is frozen; its projection to
+  `hidden_dim` and its output norm still train, since they adapt the features
+  to the rest of the model;
+- `top:N`: only the top N blocks of the feature extractor train (conv-stem
+  stages, backbone layers that hold weights, or Transformer layers), plus the
+  projection.
+
+Frozen layers also run in inference mode: Keras runs a non-trainable
+`BatchNormalization` with its moving statistics, as fine-tuning wants.
+Call `apply_trainable` before `compile`, so the optimizer sees the final set
+of trainable variables.
+"""
+
+import re
+
+
+def parse_trainable(value, where="trainable"):
+    """`"all"` -> None, `"none"` -> 0, `"top:N"` -> N; ValueError otherwise."""
+    text = str(value).strip().lower()
+    if text == "all":
+        return None
+    if text == "none":
+        return 0
+    match = re.fullmatch(r"top:(\d+)", text)
+    if not match:
+        raise ValueError(f"`{where}` must be `all`, `none` or `top:N`. Received: {where}={value!r}")
+    return int(match.group(1))
+
+
+def _with_weights(layers):
+    return [layer for layer in layers if layer.weights]
+
+
+def feature_blocks(encoder):
+    """The encoder's feature-extractor blocks, bottom first (lists of layers).
+
+    Works for `ImageEncoder` (stem stages or backbone layers) and
+    `TextEncoder` (embedding, then each Transformer layer, or backbone layers).
+    """
+    backbone = getattr(encoder, "backbone", None)
+    if backbone is not None:
+        return [[layer] for layer in _with_weights(backbone.layers)]
+    if hasattr(encoder, "stem"):
+        # Stage i of the conv stem is the layers named stem_<i>_*.
+        stages = {}
+        for layer in encoder.stem:
+            stages.setdefault(layer.name.split("_")[1], []).append(layer)
+        return [stages[key] for key in sorted(stages, key=int)]
+    blocks = [[encoder.embedding]] if getattr(encoder, "embedding", None) is not None else []
+    blocks.extend([layer] for layer in getattr(encoder, "blocks", []))
+    return blocks
+
+
+def apply_trainable(encoder, value, where="trainable"):
+    """Sets which of `encoder`'s blocks train; returns the number of frozen blocks."""
+    top = parse_trainable(value, where)
+    blocks = feature_blocks(encoder)
+    if top is None:
+        return 0
+    if not blocks:
+        raise ValueError(f"`{where}`: {type(encoder).__name__} {encoder.name!r} has no blocks to freeze.")
+    frozen = blocks[: max(len(blocks) - top, 0)]
+    for block in frozen:
+        for layer in block:
+            layer.trainable = False
+    return len(frozen)
+
+
+def count_params(weights):
+    return int(sum(int(w.numpy().size) for w in weights))

@@ -1,0 +1,234 @@
+"""The captioning task: caption data, `ImageCaptioner`, caption metrics, export."""
+
+import os
+
+from absl import logging
+
+from mmkeras.data import caption_pipeline
+from mmkeras.data import tfrecords
+from mmkeras.data.caption_formats import CAPTION_FILE_KINDS
+from mmkeras.data.caption_formats import load_caption_data
+from mmkeras.data.data_spec import parse_data_spec
+from mmkeras.data.records import LoadReport
+from mmkeras.data.synthetic_captions import SyntheticCaptions
+from mmkeras.data.tokenizer import build_tokenizer, learn_vocabulary, special_token_ids
+from mmkeras.metrics import caption_metrics
+from mmkeras.models import build_image_captioner
+from training import distribute
+from training import loop
+from training.tasks.base import DataError
+from training.tasks.base import Task
+
+
+def load_splits(data_cfg, seed, work_dir=None):
+    """Returns `(splits, report, synthetic)`; `synthetic` is None for file data.
+
+    For `tfrecord:DIR` data the training split holds image ids and captions
+    only (training streams the shards), and the validation and test images
+    are extracted into `work_dir/eval_images/` for evaluation.
+
+    Raises:
+        DataError: for unreadable or malformed data, naming the file and row.
+    """
+    try:
+        return _load_splits(data_cfg, seed, work_dir)
+    except (ValueError, OSError) as e:
+        raise DataError(str(e)) from e
+
+
+def _load_splits(data_cfg, seed, work_dir=None):
+    spec = parse_data_spec(data_cfg.spec, CaptionTask.data_kinds)
+    if spec.kind == "tfrecord":
+        directory = spec.path
+        info = tfrecords.read_dataset_info(directory)
+        eval_dir = os.path.join(work_dir or ".", "eval_images")
+        splits = {
+            "train": list(tfrecords.iter_records(directory, "train", info)),
+            "validation": tfrecords.extract_images(
+                directory, "validation", os.path.join(eval_dir, "validation"), info=info
+            ),
+            "test": tfrecords.extract_images(directory, "test", os.path.join(eval_dir, "test"), info=info),
+        }
+        report = LoadReport()
+        report.count(splits)
+        report.skipped_bad_examples = info.get("skipped_bad_examples", 0)
+        report.dropped_empty_captions = info.get("dropped_empty_captions", 0)
+        synthetic = None
+    elif spec.kind == "synthetic":
+        synthetic = SyntheticCaptions(
+            seed=seed,
+            image_size=data_cfg.image_size,
+            num_train=data_cfg.synthetic_num_train,
+            num_validation=data_cfg.synthetic_num_validation,
+            num_test=data_cfg.synthetic_num_test,
+        )
+        splits = {s: synthetic.records(s) for s in ("train", "validation", "test")}
+        report = LoadReport()
+        report.count(splits)
+    else:
+        splits, report = load_caption_data(spec, skip_bad_examples=data_cfg.skip_bad_examples)
+        synthetic = None
+    for name in ("train", "test"):
+        if not splits.get(name):
+            raise ValueError(f"Data {data_cfg.spec!r} has no {name} examples.")
+    return splits, report, synthetic
+
+
+def build_model(cfg, tokenizer):
+    """The one place a config becomes an `ImageCaptioner` (build inside a strategy scope)."""
+    ids = special_token_ids(tokenizer)
+    image = cfg.model.image_encoder
+    return build_image_captioner(
+        vocabulary_size=tokenizer.vocabulary_size(),
+        sequence_length=cfg.data.sequence_length,
+        image_size=cfg.data.image_size,
+        hidden_dim=cfg.model.hidden_dim,
+        num_layers=cfg.model.num_layers,
+        num_heads=cfg.model.num_heads,
+        intermediate_dim=cfg.model.intermediate_dim,
+        dropout=cfg.model.dropout,
+        stem_filters=image.stem_filters,
+        convs_per_stage=image.convs_per_stage,
+        backbone_class=image.backbone_class,
+        backbone_kwargs=image.backbone_kwargs,
+        backbone_preset=image.backbone_preset,
+        tokenizer=tokenizer,
+        start_token_id=ids["start"],
+        end_token_id=ids["end"],
+        pad_token_id=ids["pad"],
+    )
+
+
+def generate_captions(model, records, image_size, batch_size, synthetic=None, method="greedy"):
+    """Captions of `records`' images, in order."""
+    captions = []
+    for images in caption_pipeline.eval_image_dataset(records, image_size, batch_size, synthetic):
+        captions.extend(model.caption(images, method=method))
+    return captions
+
+
+class CaptionTask(Task):
+    """Image captioning: `ImageCaptioner` on caption data, BLEU/ROUGE-L/CIDEr-D.
+
+    Writes `vocabulary.txt` (WordPiece, learned from the training captions),
+    `data_report.json` and `samples.json`; exports `serving_default` (greedy)
+    and `beam_search`.
+    """
+
+    name = "caption"
+    data_kinds = ("synthetic",) + CAPTION_FILE_KINDS + ("tfrecord",)
+    model_name = "captioner"
+    early_stopping_metric = "val_token_accuracy"
+
+    def load_data(self):
+        data_cfg = self.cfg.data
+        self.splits, report, self.synthetic = load_splits(data_cfg, self.cfg.train.seed, self.model_dir)
+        logging.info("Data %s: %s", data_cfg.spec, report.summary())
+
+        train_captions = [c for r in self.splits["train"] for c in r.captions]
+        vocabulary = learn_vocabulary(train_captions, data_cfg.vocabulary_size)
+        self.vocabulary_file = os.path.join(self.model_dir, "vocabulary.txt")
+        with open(self.vocabulary_file, "w", encoding="utf-8") as f:
+            f.write("\n".join(vocabulary) + "\n")
+        self.tokenizer = build_tokenizer(vocabulary)
+
+        stats = {
+            s: caption_pipeline.caption_stats(r, self.tokenizer, data_cfg.sequence_length)
+            for s, r in self.splits.items()
+        }
+        for split, s in stats.items():
+            logging.info("%s: %s", split, s.summary())
+        self.write_json(
+            "data_report.json",
+            {
+                "spec": data_cfg.spec,
+                "vocabulary_size": len(vocabulary),
+                "images_per_split": {s: len(r) for s, r in self.splits.items()},
+                "skipped_bad_examples": report.skipped_bad_examples,
+                "dropped_empty_captions": report.dropped_empty_captions,
+                "truncated_captions": {s: v.truncated_captions for s, v in stats.items()},
+            },
+        )
+        spec = parse_data_spec(data_cfg.spec, self.data_kinds)
+        self.sharded_dir = spec.path if spec.kind == "tfrecord" else None
+
+    def _dataset(self, records, batch_size, training):
+        data_cfg = self.cfg.data
+        return caption_pipeline.caption_dataset(
+            records, self.tokenizer, data_cfg.image_size, data_cfg.sequence_length, batch_size,
+            training=training, seed=self.cfg.train.seed, synthetic=self.synthetic,
+            # Evaluation keeps the pipeline's defaults: every image once, cached.
+            augment=data_cfg.augment and training, cache=data_cfg.cache or not training,
+            skip_bad_examples=data_cfg.skip_bad_examples and training,
+        )
+
+    def global_train_dataset(self):
+        return self._dataset(self.splits["train"], self.cfg.data.batch_size, training=True)
+
+    def train_dataset(self, strategy, examples_seen):
+        if not self.sharded_dir:
+            return super().train_dataset(strategy, examples_seen)
+        data_cfg, global_batch = self.cfg.data, self.cfg.data.batch_size
+
+        # Each worker reads its own shards (file-based sharding) at the
+        # per-replica batch size; it skips serialized records, <= 1 epoch.
+        def worker_dataset(context):
+            return tfrecords.caption_train_dataset(
+                self.sharded_dir, self.tokenizer, data_cfg.image_size, data_cfg.sequence_length,
+                context.get_per_replica_batch_size(global_batch), seed=self.cfg.train.seed,
+                augment=data_cfg.augment, num_input_pipelines=context.num_input_pipelines,
+                input_pipeline_id=context.input_pipeline_id,
+                start_example=examples_seen // context.num_input_pipelines,
+            )
+
+        return strategy.distribute_datasets_from_function(worker_dataset)
+
+    def validation_dataset(self):
+        records = self.splits.get("validation") or []
+        return self._dataset(records, self.cfg.data.batch_size, training=False) if records else None
+
+    def build_model(self):
+        return build_model(self.cfg, self.tokenizer)
+
+    def encoders(self, model):
+        return {"image_encoder": model.image_encoder}
+
+    def evaluate(self, model, strategy):
+        """Caption metrics of greedy captions plus teacher-forced token accuracy."""
+        cfg = self.cfg
+        test_records = self.splits["test"]
+        if cfg.eval.max_images:
+            test_records = test_records[: cfg.eval.max_images]
+        test_ds = self._dataset(test_records, cfg.eval.batch_size, training=False)
+        # Not `model.evaluate`: like `fit`, it fails under MultiWorkerMirroredStrategy.
+        token_metrics = loop.evaluate(model, strategy, test_ds)
+        if not distribute.is_chief(strategy):
+            # Token accuracy needed every worker (its metrics are all-reduced);
+            # generating captions only reads local variables, so the chief does it.
+            return {"token_accuracy": round(float(token_metrics["token_accuracy"]), 6)}
+        predictions = generate_captions(
+            model, test_records, cfg.data.image_size, cfg.eval.batch_size, self.synthetic
+        )
+        references = [list(r.captions) for r in test_records]
+        results = caption_metrics(predictions, references)
+        results["token_accuracy"] = float(token_metrics["token_accuracy"])
+        results["num_test_images"] = len(test_records)
+        samples = [
+            {"image": r.image, "generated": p, "references": list(r.captions)}
+            for r, p in list(zip(test_records, predictions))[: max(cfg.eval.num_samples, 0)]
+        ]
+        self.write_json("samples.json", samples)
+        for s in samples[:5]:
+            logging.info("%s -> %r (ref %r)", s["image"], s["generated"], s["references"][0])
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in results.items()}
+
+    def export(self, model, export_dir):
+        from serving.export import export_captioner
+
+        return export_captioner(
+            model, export_dir, self.export_name, self.cfg.export.version or None,
+            vocabulary_file=self.vocabulary_file, num_beams=self.cfg.caption.num_beams,
+        )
+
+    def assets(self):
+        return [self.vocabulary_file]
