@@ -55,6 +55,9 @@ EMBED_TEXTS_SIGNATURE = "embed_texts"
 CLASSIFICATION_SIGNATURE = "classification"
 
 Caption = collections.namedtuple("Caption", ["caption", "score"])
+# `class_id` is an int (the most probable class); for multi-label models it is
+# the 0/1 decisions, an int64 array [classes], and `label` joins the chosen
+# labels with "|".
 Classification = collections.namedtuple(
     "Classification", ["label", "class_id", "probabilities"]
 )
@@ -438,7 +441,11 @@ class PredictionClient:
             model, {"images": _strings(images), "texts": _strings(texts)}, signature, version
         )
         return [
-            Classification(label.decode("utf-8", errors="replace"), int(class_id), probabilities)
+            Classification(
+                label.decode("utf-8", errors="replace"),
+                int(class_id) if np.ndim(class_id) == 0 else np.asarray(class_id, np.int64),
+                probabilities,
+            )
             for label, class_id, probabilities in zip(
                 outputs["labels"], outputs["class_ids"], outputs["probabilities"]
             )
@@ -592,8 +599,13 @@ def main(argv=None):
                     args.model, images, args.text, args.signature, args.version
                 )
                 for name, result in zip(names, results):
-                    probability = float(result.probabilities[result.class_id])
-                    print(f"{name}\t{result.label}\t{result.class_id}\t{probability:.4f}")
+                    if np.ndim(result.class_id) == 0:
+                        probability = float(result.probabilities[result.class_id])
+                        class_ids = result.class_id
+                    else:  # multi-label: the chosen ids and the highest probability
+                        class_ids = ",".join(str(i) for i in np.flatnonzero(result.class_id))
+                        probability = float(np.max(result.probabilities))
+                    print(f"{name}\t{result.label}\t{class_ids}\t{probability:.4f}")
             else:
                 if images:
                     signature = args.signature
