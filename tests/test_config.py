@@ -25,6 +25,16 @@ def test_default_experiments_match_their_tasks():
         assert config_lib.get_experiment(name).task == task
 
 
+def test_data_sets_with_their_own_experiment_pick_it():
+    assert config_lib.default_experiment("vqa", "easy_vqa") == "vqa_easy_vqa"
+    assert config_lib.default_experiment("classify", "flickr8k_match:/d") == "classify_flickr8k_match"
+    assert config_lib.default_experiment("caption", "flickr8k:/d") == "caption_flickr8k"
+    assert config_lib.default_experiment("vqa", "csv:m.csv") == "vqa_synthetic"
+    assert config_lib.default_experiment("caption") == "caption_synthetic"
+    for (task, _), name in config_lib.DATA_EXPERIMENTS.items():
+        assert config_lib.get_experiment(name).task == task
+
+
 def test_nested_dict_and_tuple_overrides():
     cfg = config_lib.override(
         config_lib.get_experiment("classify_tiny"),

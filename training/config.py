@@ -322,8 +322,20 @@ EXPERIMENTS = {
     "vqa_tiny": vqa_tiny,
 }
 
-# The experiment a task starts from when --experiment is not given.
+# The experiment a task starts from when --experiment is not given...
 DEFAULT_EXPERIMENTS = {"caption": "caption_synthetic", "classify": "classify_synthetic", "vqa": "vqa_synthetic"}
+# ... unless --data names a data set that has its own experiment.
+DATA_EXPERIMENTS = {
+    ("caption", "flickr8k"): "caption_flickr8k",
+    ("classify", "flickr8k_match"): "classify_flickr8k_match",
+    ("vqa", "easy_vqa"): "vqa_easy_vqa",
+}
+
+
+def default_experiment(task, data=None):
+    """The experiment `--task=task --data=data` starts from without --experiment."""
+    kind = str(data or "").partition(":")[0].strip().lower()
+    return DATA_EXPERIMENTS.get((task, kind), DEFAULT_EXPERIMENTS[task])
 
 
 def get_experiment(name):

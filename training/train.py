@@ -39,7 +39,9 @@ flags.DEFINE_string(
     "experiment",
     None,
     "Named experiment to start from: " + ", ".join(config_lib.EXPERIMENTS) + ". Defaults "
-    "to the task's synthetic experiment (" + ", ".join(
+    "to the data set's experiment (" + ", ".join(
+        f"--task={t} --data={d}: {e}" for (t, d), e in config_lib.DATA_EXPERIMENTS.items())
+    + "), else the task's synthetic one (" + ", ".join(
         f"{t}: {e}" for t, e in config_lib.DEFAULT_EXPERIMENTS.items()) + ").",
 )
 flags.DEFINE_string(
@@ -91,7 +93,7 @@ flags.DEFINE_integer("verbose", 1, "Keras progress output: 0 silent, 1 progress 
 
 def resolve_config():
     task_given = FLAGS["task"].present
-    name = FLAGS.experiment or config_lib.DEFAULT_EXPERIMENTS[FLAGS.task]
+    name = FLAGS.experiment or config_lib.default_experiment(FLAGS.task, FLAGS.data)
     cfg = config_lib.get_experiment(name)
     if task_given and cfg.task != FLAGS.task:
         raise app.UsageError(
