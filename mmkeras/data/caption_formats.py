@@ -88,6 +88,17 @@ def _normalize_split(value):
     return _SPLIT_ALIASES.get(str(value).strip().lower())
 
 
+def checked_split(split, where, skip_bad_examples, report):
+    """A row's split name normalised, or None after rejecting an unknown one."""
+    name = _normalize_split(split)
+    if name is None:
+        reject_example(
+            where, f"unknown split {split!r} (expected train, validation/val/dev or test)",
+            skip_bad_examples, report,
+        )
+    return name
+
+
 def _clean_caption(caption):
     return " ".join(caption.split())
 
@@ -565,17 +576,9 @@ def load_caption_manifest(path, skip_bad_examples=False, report=None,
             continue
         image = image.strip()
         if split is not None:
-            name = _normalize_split(split)
-            if name is None:
-                reject_example(
-                    where,
-                    f"unknown split {split!r} (expected train, validation/val/dev "
-                    "or test)",
-                    skip_bad_examples,
-                    report,
-                )
+            split = checked_split(split, where, skip_bad_examples, report)
+            if split is None:
                 continue
-            split = name
         key = posixpath.normpath(image.replace("\\", "/"))
         group = groups.get(key)
         if group is not None and group.split != split:

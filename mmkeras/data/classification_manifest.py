@@ -13,7 +13,7 @@ import posixpath
 from mmkeras.data.caption_formats import SPLITS
 from mmkeras.data.caption_formats import hash_split
 # Shared with the caption manifests so both read CSV, split names and paths alike.
-from mmkeras.data.caption_formats import _normalize_split
+from mmkeras.data.caption_formats import checked_split
 from mmkeras.data.caption_formats import _read_csv
 from mmkeras.data.caption_formats import _resolve
 from mmkeras.data.classification_records import ClassificationData
@@ -156,17 +156,9 @@ def load_classification_manifest(path, skip_bad_examples=False, label_names=None
             reject_example(where, "no label", skip_bad_examples, report)
             continue
         if split is not None:
-            name = _normalize_split(split)
-            if name is None:
-                reject_example(
-                    where,
-                    f"unknown split {split!r} (expected train, validation/val/dev "
-                    "or test)",
-                    skip_bad_examples,
-                    report,
-                )
+            split = checked_split(split, where, skip_bad_examples, report)
+            if split is None:
                 continue
-            split = name
         else:
             split = hash_split(posixpath.normpath(image.replace("\\", "/")))
         image_path = _resolve(base_dir, image)

@@ -131,6 +131,32 @@ class FusionLayer(keras.layers.Layer):
         return config
 
 
+class WeightedModalities:
+    """Mixin of the fusions that weight the two modalities (weighted sum, late).
+
+    The layer sets `self.fusion_weights` (from `check_modality_weights`) and
+    `self.weight_logits = None` in `__init__`, and calls
+    `build_modality_weights()` in `build`.
+    """
+
+    def build_modality_weights(self):
+        if self.fusion_weights == "learned":
+            # Zeros: both modalities start with weight 0.5.
+            self.weight_logits = self.add_weight(
+                name="weight_logits", shape=(2,), initializer="zeros", dtype="float32"
+            )
+
+    @property
+    def normalized_weights(self):
+        """The current `(w_img, w_text)` as Python floats."""
+        if self.fusion_weights != "learned":
+            return self.fusion_weights
+        if self.weight_logits is None:
+            return (0.5, 0.5)
+        w_img, w_text = modality_weights(self.fusion_weights, self.weight_logits)
+        return float(ops.convert_to_numpy(w_img)), float(ops.convert_to_numpy(w_text))
+
+
 def modality_weights(weights, logits=None):
     """The normalised pair `(w_img, w_text)` as scalar float32 tensors.
 

@@ -3,11 +3,16 @@
 import keras
 from keras import ops
 
-from mmkeras.layers.fusion_layer import FusionLayer, check_modality_weights, modality_weights
+from mmkeras.layers.fusion_layer import (
+    FusionLayer,
+    WeightedModalities,
+    check_modality_weights,
+    modality_weights,
+)
 
 
 @keras.saving.register_keras_serializable(package="mmkeras")
-class LateFusion(FusionLayer):
+class LateFusion(WeightedModalities, FusionLayer):
     """Classifies each modality on its own and averages the logits.
 
     Each pooled vector goes through its own small head (dense `hidden_dim`
@@ -74,21 +79,9 @@ class LateFusion(FusionLayer):
             hidden, dropout, logits = head
             hidden.build(shape)
             logits.build((shape[0], self.hidden_dim))
-        if self.fusion_weights == "learned":
-            self.weight_logits = self.add_weight(
-                name="weight_logits", shape=(2,), initializer="zeros", dtype="float32"
-            )
+        self.build_modality_weights()
         self.built = True
 
-    @property
-    def normalized_weights(self):
-        """The current `(w_img, w_text)` as Python floats."""
-        if self.fusion_weights != "learned":
-            return self.fusion_weights
-        if self.weight_logits is None:
-            return (0.5, 0.5)
-        w_img, w_text = modality_weights(self.fusion_weights, self.weight_logits)
-        return float(ops.convert_to_numpy(w_img)), float(ops.convert_to_numpy(w_text))
 
     @staticmethod
     def _run_head(head, x, training):

@@ -3,11 +3,16 @@
 import keras
 from keras import ops
 
-from mmkeras.layers.fusion_layer import FusionLayer, check_modality_weights, modality_weights
+from mmkeras.layers.fusion_layer import (
+    FusionLayer,
+    WeightedModalities,
+    check_modality_weights,
+    modality_weights,
+)
 
 
 @keras.saving.register_keras_serializable(package="mmkeras")
-class WeightedSumFusion(FusionLayer):
+class WeightedSumFusion(WeightedModalities, FusionLayer):
     """Fuses `lambda_img * F_img + lambda_text * F_text` of projected pooled vectors.
 
     `F_img` and `F_text` are dense projections (with an activation) of the
@@ -58,22 +63,9 @@ class WeightedSumFusion(FusionLayer):
     def build(self, image_tokens_shape, image_pooled_shape, text_tokens_shape, text_pooled_shape):
         self.image_projection.build(image_pooled_shape)
         self.text_projection.build(text_pooled_shape)
-        if self.fusion_weights == "learned":
-            # Zeros: both modalities start with weight 0.5.
-            self.weight_logits = self.add_weight(
-                name="weight_logits", shape=(2,), initializer="zeros", dtype="float32"
-            )
+        self.build_modality_weights()
         self.built = True
 
-    @property
-    def normalized_weights(self):
-        """The current `(lambda_img, lambda_text)` as Python floats."""
-        if self.fusion_weights != "learned":
-            return self.fusion_weights
-        if self.weight_logits is None:
-            return (0.5, 0.5)
-        w_img, w_text = modality_weights(self.fusion_weights, self.weight_logits)
-        return float(ops.convert_to_numpy(w_img)), float(ops.convert_to_numpy(w_text))
 
     def call(
         self,
