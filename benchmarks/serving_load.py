@@ -44,7 +44,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("model_base_path", "saved_models/captioner", "Model base path (versions inside).")
 flags.DEFINE_string("model_name", "captioner", "Model name to serve.")
 flags.DEFINE_string("signature", "serving_default", "Signature to call.")
-flags.DEFINE_bool("toy", False, "Export the toy captioner (tests/serving_fixtures.py) to a temp dir and use it.")
+flags.DEFINE_bool("toy", False, "Export the toy captioner (serving/toy_models.py) to a temp dir and use it.")
 flags.DEFINE_integer("toy_decode_steps", 32, "Decoder steps of the toy captioner.")
 flags.DEFINE_integer("toy_hidden_dim", 128, "Hidden size of the toy captioner.")
 flags.DEFINE_string("image", "", "Image file to send; default a synthetic 224x224 JPEG.")
@@ -68,9 +68,9 @@ def _image_bytes():
     if FLAGS.image:
         with open(FLAGS.image, "rb") as f:
             return f.read()
-    from tests import serving_fixtures
+    from serving import toy_models
 
-    return serving_fixtures.make_image_bytes((180, 90, 40), size=224, image_format="jpeg")
+    return toy_models.make_image_bytes((180, 90, 40), size=224, image_format="jpeg")
 
 
 def _in_process_function(version_dir):
@@ -86,28 +86,22 @@ def _in_process_function(version_dir):
 
 
 def _request(image):
-    from serving import client
-    from tensorflow_serving.apis import predict_pb2
-
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = FLAGS.model_name
-    request.model_spec.signature_name = FLAGS.signature
-    request.inputs["images"].CopyFrom(client.make_tensor_proto([image]))
-    return request
+    return serving_common.predict_request(FLAGS.model_name, FLAGS.signature, [image])
 
 
 def _latencies(in_process, stub, image):
     """Alternates in-process and gRPC calls, so both see the same machine load."""
+    request = _request(image)
     for _ in range(FLAGS.warmup):
         in_process(image)
-        stub.Predict(_request(image), timeout=FLAGS.timeout)
+        stub.Predict(request, timeout=FLAGS.timeout)
     in_process_times, grpc_times = [], []
     for _ in range(FLAGS.calls):
         start = time.perf_counter()
         in_process(image)
         in_process_times.append(time.perf_counter() - start)
         start = time.perf_counter()
-        stub.Predict(_request(image), timeout=FLAGS.timeout)
+        stub.Predict(request, timeout=FLAGS.timeout)
         grpc_times.append(time.perf_counter() - start)
     return in_process_times, grpc_times
 
@@ -116,12 +110,13 @@ def _throughput(stub, image):
     """(requests, seconds) of `concurrency` clients sending back to back."""
     barrier = threading.Barrier(FLAGS.concurrency + 1)
     errors = []
+    request = _request(image)
 
     def client():
         barrier.wait()
         for _ in range(FLAGS.requests_per_client):
             try:
-                stub.Predict(_request(image), timeout=FLAGS.timeout)
+                stub.Predict(request, timeout=FLAGS.timeout)
             except grpc.RpcError as e:
                 errors.append(e)
 
@@ -139,7 +134,7 @@ def _throughput(stub, image):
 
 
 def _serve(base_path, extra_args, log_path):
-    from tests import serving_fixtures
+    from serving.server import ServerProcess
 
     args = [
         "--port=0",
@@ -149,7 +144,7 @@ def _serve(base_path, extra_args, log_path):
         "--file_system_poll_wait_seconds=0",
         *extra_args,
     ]
-    return serving_fixtures.ServerProcess(args, log_path=log_path).start()
+    return ServerProcess(args, log_path=log_path).start()
 
 
 def main(argv):
@@ -157,21 +152,19 @@ def main(argv):
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
     work_dir = tempfile.mkdtemp(prefix="serving-load-")
-    base_path = os.path.abspath(FLAGS.model_base_path)
-    if FLAGS.toy:
-        from tests import serving_fixtures
-
-        base_path = os.path.join(work_dir, FLAGS.model_name)
-        serving_fixtures.export_toy_captioner(
-            os.path.join(base_path, "1"),
+    try:
+        base_path, version_dir = serving_common.model_to_serve(
+            work_dir,
+            FLAGS.model_base_path,
+            FLAGS.model_name,
+            FLAGS.toy,
             decode_steps=FLAGS.toy_decode_steps,
             hidden_dim=FLAGS.toy_hidden_dim,
         )
-    image = _image_bytes()
-    try:
-        in_process = _in_process_function(serving_common.latest_version_dir(base_path))
     except ValueError as e:
         raise app.UsageError(str(e))
+    image = _image_bytes()
+    in_process = _in_process_function(version_dir)
 
     batching_file = model_config.write_batching_parameters(
         work_dir,

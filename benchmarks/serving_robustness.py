@@ -45,7 +45,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("model_base_path", "saved_models/captioner", "Model base path (versions inside).")
 flags.DEFINE_string("model_name", "captioner", "Model name to serve.")
 flags.DEFINE_string("signature", "serving_default", "Signature of the good requests.")
-flags.DEFINE_bool("toy", False, "Export the toy captioner (tests/serving_fixtures.py) to a temp dir and use it.")
+flags.DEFINE_bool("toy", False, "Export the toy captioner (serving/toy_models.py) to a temp dir and use it.")
 flags.DEFINE_integer("good_requests", 1000, "Good requests.")
 flags.DEFINE_integer("bad_requests", 1000, "Malformed requests.")
 flags.DEFINE_integer("concurrency", 8, "Concurrent requests.")
@@ -93,14 +93,14 @@ EXPECTED_HTTP = {
 
 
 def _images():
-    from tests import serving_fixtures
+    from serving import toy_models
 
     rng = np.random.default_rng(FLAGS.seed)
     images = []
     for i in range(FLAGS.num_images):
         colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
         image_format = "jpeg" if i % 2 else "png"
-        images.append(serving_fixtures.make_image_bytes(colour, size=96, image_format=image_format, seed=i))
+        images.append(toy_models.make_image_bytes(colour, size=96, image_format=image_format, seed=i))
     return images
 
 
@@ -116,29 +116,24 @@ def _expected(version_dir, images):
 
 
 def _grpc_request(kind, image):
-    from serving import client
-    from tensorflow_serving.apis import predict_pb2
-
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = FLAGS.model_name
-    request.model_spec.signature_name = FLAGS.signature
-    images = client.make_tensor_proto([image])
+    images = [image]
     if kind == "non_image":
-        images = client.make_tensor_proto([b"definitely not an image " + image[:16]])
+        images = [b"definitely not an image " + image[:16]]
     elif kind == "wrong_dtype":
-        images = client.make_tensor_proto(np.array([1.0, 2.0], dtype=np.float32))
+        images = np.array([1.0, 2.0], dtype=np.float32)
     elif kind == "wrong_rank":
-        images = client.make_tensor_proto([[image]])
-    elif kind == "unknown_model":
+        images = [[image]]
+    elif kind == "oversized":
+        images = [b"\xff" * (FLAGS.max_request_bytes + 1024)]
+    elif kind == "missing_input":
+        images = None
+    request = serving_common.predict_request(FLAGS.model_name, FLAGS.signature, images)
+    if kind == "unknown_model":
         request.model_spec.name = FLAGS.model_name + "_missing"
     elif kind == "unknown_version":
         request.model_spec.version.value = 987654
     elif kind == "unknown_signature":
         request.model_spec.signature_name = "no_such_signature"
-    elif kind == "oversized":
-        images = client.make_tensor_proto([b"\xff" * (FLAGS.max_request_bytes + 1024)])
-    if kind != "missing_input":
-        request.inputs["images"].CopyFrom(images)
     return request
 
 
@@ -172,18 +167,16 @@ def _rest_call(url, kind, image):
 
 def main(argv):
     del argv
-    from tests import serving_fixtures
+    from serving.server import ServerProcess
     from tensorflow_serving.apis import get_model_status_pb2
     from tensorflow_serving.apis import model_service_pb2_grpc
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
     work_dir = tempfile.mkdtemp(prefix="serving-robustness-")
-    base_path = os.path.abspath(FLAGS.model_base_path)
-    if FLAGS.toy:
-        base_path = os.path.join(work_dir, FLAGS.model_name)
-        serving_fixtures.export_toy_captioner(os.path.join(base_path, "1"))
     try:
-        version_dir = serving_common.latest_version_dir(base_path)
+        base_path, version_dir = serving_common.model_to_serve(
+            work_dir, FLAGS.model_base_path, FLAGS.model_name, FLAGS.toy
+        )
     except ValueError as e:
         raise app.UsageError(str(e))
     images = _images()
@@ -203,7 +196,7 @@ def main(argv):
             max_enqueued_batches=1000,
         )
         args += ["--enable_batching", f"--batching_parameters_file={batching_file}"]
-    server = serving_fixtures.ServerProcess(args, log_path=os.path.join(work_dir, "server.log")).start()
+    server = ServerProcess(args, log_path=os.path.join(work_dir, "server.log")).start()
 
     rng = random.Random(FLAGS.seed)
     plan = [("good", i % len(images)) for i in range(FLAGS.good_requests)]

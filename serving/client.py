@@ -2,13 +2,10 @@
 
 Speaks TF Serving's gRPC API (default) or its REST API (`rest=True`), knows the
 mmkeras signature names and nothing else about mmkeras, so an application can
-copy this one file. It imports only grpcio, the tensorflow-serving-api protos,
-numpy and the standard library; tensors are built and parsed by hand.
-
-Note: the tensorflow-serving-api protos import `tensorflow.core.framework.*_pb2`,
-which are modules of the `tensorflow` package, so importing them runs
-`tensorflow/__init__.py` (about 2 s, no model code). This module never calls
-TensorFlow APIs itself.
+copy this one file. It imports grpcio, numpy, the tensorflow-serving-api protos
+and TensorFlow, which those protos import anyway and whose `tf.make_tensor_proto`
+/ `tf.make_ndarray` build and read the tensors; never mmkeras, `training` or the
+server.
 
 Example:
 
@@ -16,7 +13,7 @@ Example:
     with open("a.jpg", "rb") as f:
         [(caption, score)] = client.caption("captioner", [f.read()])
 
-Command line (one result line per input):
+Command line (one result line per input; see `serving/client_cli.py`):
 
     python -m serving.client --server=localhost:8500 --model=captioner \
         --image=a.jpg --image=b.jpg
@@ -26,7 +23,6 @@ Which kind of model it is (captioner, classifier / VQA, dual encoder) is read
 from the model's signatures.
 """
 
-import argparse
 import base64
 import collections
 import json
@@ -37,6 +33,7 @@ import urllib.request
 
 import grpc
 import numpy as np
+import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow.core.framework import tensor_pb2
 from tensorflow.core.framework import types_pb2
@@ -49,7 +46,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 DEFAULT_GRPC_SERVER = "localhost:8500"
 DEFAULT_REST_SERVER = "localhost:8501"
-DEFAULT_SIGNATURE = "serving_default"
+DEFAULT_SIGNATURE = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 EMBED_IMAGES_SIGNATURE = "embed_images"
 EMBED_TEXTS_SIGNATURE = "embed_texts"
 CLASSIFICATION_SIGNATURE = "classification"
@@ -61,26 +58,6 @@ Caption = collections.namedtuple("Caption", ["caption", "score"])
 Classification = collections.namedtuple(
     "Classification", ["label", "class_id", "probabilities"]
 )
-
-# DataType <-> numpy dtype and the TensorProto field of its values.
-_DTYPES = {
-    types_pb2.DT_FLOAT: (np.dtype(np.float32), "float_val"),
-    types_pb2.DT_DOUBLE: (np.dtype(np.float64), "double_val"),
-    types_pb2.DT_INT32: (np.dtype(np.int32), "int_val"),
-    types_pb2.DT_INT16: (np.dtype(np.int16), "int_val"),
-    types_pb2.DT_INT8: (np.dtype(np.int8), "int_val"),
-    types_pb2.DT_UINT8: (np.dtype(np.uint8), "int_val"),
-    types_pb2.DT_UINT16: (np.dtype(np.uint16), "int_val"),
-    types_pb2.DT_INT64: (np.dtype(np.int64), "int64_val"),
-    types_pb2.DT_UINT32: (np.dtype(np.uint32), "uint32_val"),
-    types_pb2.DT_UINT64: (np.dtype(np.uint64), "uint64_val"),
-    types_pb2.DT_BOOL: (np.dtype(np.bool_), "bool_val"),
-    types_pb2.DT_HALF: (np.dtype(np.float16), "half_val"),
-}
-_DTYPE_BY_NUMPY = {
-    np_dtype: dtype for dtype, (np_dtype, _) in _DTYPES.items() if dtype != types_pb2.DT_HALF
-}
-_DTYPE_BY_NUMPY[np.dtype(np.float16)] = types_pb2.DT_HALF
 
 
 class ServingClientError(RuntimeError):
@@ -110,100 +87,16 @@ def _as_bytes(value):
     raise TypeError(f"Expected bytes or str. Received: {type(value).__name__}")
 
 
-def make_tensor_proto(values, dtype=None):
-    """Builds a TensorProto by hand from bytes/str lists or numeric arrays.
-
-    Args:
-        values: a list (nested for rank > 1) of bytes/str, or anything that
-            numpy turns into a numeric or bool array.
-        dtype: optional `types_pb2.DataType`; inferred if omitted.
-    """
-    proto = tensor_pb2.TensorProto()
-    if dtype == types_pb2.DT_STRING or (dtype is None and _is_text(values)):
-        proto.dtype = types_pb2.DT_STRING
-        for d in _nested_shape(values):
-            proto.tensor_shape.dim.add(size=d)
-        proto.string_val.extend(_as_bytes(v) for v in _flatten(values))
-        return proto
-    if dtype is not None:
-        array = np.asarray(values, dtype=_DTYPES[dtype][0])
-    else:
-        array = np.asarray(values)
-        if array.dtype not in _DTYPE_BY_NUMPY:
-            raise TypeError(f"Unsupported dtype for a tensor: {array.dtype}")
-        dtype = _DTYPE_BY_NUMPY[array.dtype]
-    proto.dtype = dtype
-    for d in array.shape:
-        proto.tensor_shape.dim.add(size=d)
-    # Little-endian raw bytes, as tf.make_tensor_proto writes numeric tensors.
-    proto.tensor_content = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-    return proto
-
-
-def _is_text(values):
-    while isinstance(values, (list, tuple)) and values:
-        values = values[0]
-    if isinstance(values, np.ndarray):
-        return values.dtype == object or values.dtype.kind in ("S", "U")
-    return isinstance(values, (bytes, str, np.bytes_))
-
-
-def _nested_shape(values):
-    if isinstance(values, np.ndarray):
-        return values.shape
-    shape = []
-    while isinstance(values, (list, tuple)):
-        shape.append(len(values))
-        if not values:
-            break
-        values = values[0]
-    return tuple(shape)
-
-
-def _flatten(values):
-    if isinstance(values, np.ndarray):
-        return values.ravel().tolist()
-    if isinstance(values, (list, tuple)):
-        return [v for item in values for v in _flatten(item)]
-    return [values]
-
-
-def make_ndarray(proto):
-    """TensorProto -> numpy array (object array of bytes for DT_STRING)."""
-    shape = tuple(d.size for d in proto.tensor_shape.dim)
-    size = int(np.prod(shape, dtype=np.int64))
-    if proto.dtype == types_pb2.DT_STRING:
-        values = list(proto.string_val)
-        array = np.empty(len(values), dtype=object)
-        array[:] = values
-    elif proto.dtype in _DTYPES:
-        np_dtype, field = _DTYPES[proto.dtype]
-        if proto.tensor_content:
-            array = np.frombuffer(proto.tensor_content, dtype=np_dtype.newbyteorder("<"))
-            array = array.astype(np_dtype)
-        elif proto.dtype == types_pb2.DT_HALF:
-            array = np.asarray(proto.half_val, dtype=np.uint16).view(np.float16)
-        else:
-            array = np.asarray(getattr(proto, field), dtype=np_dtype)
-    else:
-        raise TypeError(f"Unsupported tensor dtype: {types_pb2.DataType.Name(proto.dtype)}")
-    if array.size != size:
-        if array.size == 0:
-            fill = b"" if array.dtype == object else 0
-            array = np.full(size, fill, dtype=array.dtype)
-        else:
-            # TensorFlow repeats the last value to fill the shape.
-            array = np.concatenate([array, np.repeat(array[-1:], size - array.size)])
-    return array.reshape(shape)
-
-
 def _tensor(values):
-    return values if isinstance(values, tensor_pb2.TensorProto) else make_tensor_proto(values)
+    """A TensorProto as given, or built by `tf.make_tensor_proto`."""
+    if isinstance(values, tensor_pb2.TensorProto):
+        return values
+    return tf.make_tensor_proto(values)
 
 
 def _strings(values):
     """A list of bytes/str as a DT_STRING tensor (also when it is empty)."""
-    return make_tensor_proto(list(values), types_pb2.DT_STRING)
+    return tf.make_tensor_proto(list(values), dtype=tf.string)
 
 
 def _to_json(array):
@@ -317,10 +210,12 @@ class PredictionClient:
         if output_filter:
             request.output_filter.extend(output_filter)
         response = self._grpc(self._prediction.Predict, request)
-        return {name: make_ndarray(proto) for name, proto in response.outputs.items()}
+        return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
 
     def _predict_rest(self, model, inputs, signature, version, output_filter):
-        columns = {name: _to_json(make_ndarray(_tensor(values))) for name, values in inputs.items()}
+        columns = {
+            name: _to_json(tf.make_ndarray(_tensor(values))) for name, values in inputs.items()
+        }
         payload = {"signature_name": signature, "inputs": columns}
         response = self._http("POST", self._model_path(model, version) + ":predict", payload)
         outputs_spec = self._signature_outputs(model, version, signature)
@@ -335,7 +230,8 @@ class PredictionClient:
             if dtype == "DT_STRING":
                 result[name] = _json_strings(value, as_bytes=name.endswith("_bytes"))
             else:
-                result[name] = np.asarray(value, dtype=_DTYPES[types_pb2.DataType.Value(dtype)][0])
+                np_dtype = tf.as_dtype(types_pb2.DataType.Value(dtype)).as_numpy_dtype
+                result[name] = np.asarray(value, dtype=np_dtype)
         if output_filter:
             result = {k: result[k] for k in output_filter}
         return result
@@ -505,15 +401,15 @@ class PredictionClient:
 
 
 def _json_strings(value, as_bytes):
-    shape = _nested_shape(value)
-    flat = _flatten(value)
+    """REST strings (nested lists; `{"b64": ...}` for bytes) -> object array of bytes."""
+    array = np.array(value, dtype=object)
     if as_bytes:
-        flat = [base64.b64decode(v["b64"]) for v in flat]
+        flat = [base64.b64decode(v["b64"]) for v in array.ravel()]
     else:
-        flat = [v.encode("utf-8") for v in flat]
-    array = np.empty(len(flat), dtype=object)
-    array[:] = flat
-    return array.reshape(shape)
+        flat = [v.encode("utf-8") for v in array.ravel()]
+    converted = np.empty(len(flat), dtype=object)
+    converted[:] = flat
+    return converted.reshape(array.shape)
 
 
 def _error_code_name(number):
@@ -523,106 +419,8 @@ def _error_code_name(number):
     return str(number)
 
 
-# ---------------------------------------------------------------------------
-# Command line.
-
-
-def _model_kind(signatures, signature):
-    if EMBED_IMAGES_SIGNATURE in signatures or EMBED_TEXTS_SIGNATURE in signatures:
-        if signature in (DEFAULT_SIGNATURE, EMBED_IMAGES_SIGNATURE, EMBED_TEXTS_SIGNATURE):
-            return "dual_encoder"
-    spec = signatures.get(signature)
-    if spec is None:
-        raise SystemExit(
-            f"Signature {signature!r} not found. Available: {', '.join(sorted(signatures))}"
-        )
-    if "captions" in spec["outputs"]:
-        return "captioner"
-    if "labels" in spec["outputs"]:
-        return "classifier"
-    if "embeddings" in spec["outputs"]:
-        return "dual_encoder"
-    raise SystemExit(f"Signature {signature!r} is not an mmkeras signature: {spec}")
-
-
-def _format_vector(vector):
-    return " ".join(f"{v:.6f}" for v in vector)
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m serving.client",
-        description="Query an mmkeras model served by TensorFlow Serving or serving.server.",
-    )
-    parser.add_argument(
-        "--server",
-        default=None,
-        help=f"host:port (default {DEFAULT_GRPC_SERVER}, or {DEFAULT_REST_SERVER} with --rest)",
-    )
-    parser.add_argument("--model", required=True, help="model name")
-    parser.add_argument("--image", action="append", default=[], help="image file (repeatable)")
-    parser.add_argument(
-        "--text",
-        action="append",
-        default=[],
-        help="text (repeatable): the question/text paired with each image for a "
-        "classifier (one text is used for all images), or texts to embed",
-    )
-    parser.add_argument("--rest", action="store_true", help="use the REST API instead of gRPC")
-    parser.add_argument("--signature", default=DEFAULT_SIGNATURE, help="signature name")
-    parser.add_argument("--version", type=int, default=None, help="model version (default latest)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
-    args = parser.parse_args(argv)
-    if not args.image and not args.text:
-        parser.error("give at least one --image or --text")
-
-    images = []
-    for path in args.image:
-        with open(path, "rb") as f:
-            images.append(f.read())
-    names = args.image
-
-    with PredictionClient(args.server, rest=args.rest, timeout=args.timeout) as client:
-        try:
-            kind = _model_kind(client.signatures(args.model, args.version), args.signature)
-            if kind == "captioner":
-                if not images:
-                    parser.error("a captioner needs --image")
-                for name, (caption, score) in zip(
-                    names, client.caption(args.model, images, args.signature, args.version)
-                ):
-                    print(f"{name}\t{caption}\t{score:.4f}")
-            elif kind == "classifier":
-                if not images or not args.text:
-                    parser.error("a classifier needs --image and --text")
-                results = client.classify(
-                    args.model, images, args.text, args.signature, args.version
-                )
-                for name, result in zip(names, results):
-                    if np.ndim(result.class_id) == 0:
-                        probability = float(result.probabilities[result.class_id])
-                        class_ids = result.class_id
-                    else:  # multi-label: the chosen ids and the highest probability
-                        class_ids = ",".join(str(i) for i in np.flatnonzero(result.class_id))
-                        probability = float(np.max(result.probabilities))
-                    print(f"{name}\t{result.label}\t{class_ids}\t{probability:.4f}")
-            else:
-                if images:
-                    signature = args.signature
-                    if signature == DEFAULT_SIGNATURE:
-                        signature = EMBED_IMAGES_SIGNATURE
-                    embeddings = client.embed_images(args.model, images, signature, args.version)
-                    for name, vector in zip(names, embeddings):
-                        print(f"{name}\t{_format_vector(vector)}")
-                if args.text:
-                    embeddings = client.embed_texts(args.model, args.text, version=args.version)
-                    for text, vector in zip(args.text, embeddings):
-                        print(f"{text}\t{_format_vector(vector)}")
-        except ServingClientError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m serving.client ...`: the command line lives in client_cli.py.
+    from serving import client_cli
+
+    sys.exit(client_cli.main())

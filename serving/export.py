@@ -26,8 +26,7 @@ TEXTS_SPEC = tf.TensorSpec([None], tf.string, name="texts")
 
 def next_version(base_path):
     """One more than the highest integer version directory under `base_path`."""
-    versions = [int(d) for d in os.listdir(base_path) if d.isdigit()] if os.path.isdir(base_path) else []
-    return max(versions, default=0) + 1
+    return max(model_config.version_dirs(base_path), default=0) + 1
 
 
 def check_image_bytes(images):

@@ -1,4 +1,4 @@
-"""Writes the TensorFlow Serving config files that sit beside the exports.
+"""The TensorFlow Serving files that sit beside the exports, written and read.
 
 `serving/docker/docker-compose.yml` mounts the export directory
 (`saved_models/`) at `/models` in the TF Serving container and starts it with
@@ -16,9 +16,16 @@ container paths (`/models/<name>`). `python -m serving.server
 --model_config_file=saved_models/models.config` reads the same file on this
 machine: a `/models/X` path that does not exist here is taken as `X` under the
 config file's folder.
+
+This module is the one place that knows these files and the export layout:
+`write_*` for the exporter, `load_model_config_file` (-> `ModelConfig`s) for
+the local server, and `version_dirs` for anyone who lists the integer version
+directories under a model's base path (`<base_path>/<version>/`).
 """
 
+import dataclasses
 import os
+import re
 import tempfile
 
 from google.protobuf import text_format
@@ -28,6 +35,11 @@ MODELS_CONFIG_FILENAME = "models.config"
 BATCHING_PARAMETERS_FILENAME = "batching_parameters.pbtxt"
 CONTAINER_MODELS_ROOT = "/models"
 MODEL_PLATFORM = "tensorflow"
+
+
+# A version directory is named by an integer and nothing else: `.tmp-3` (an
+# export being written) and `3.tmp` are not versions.
+_VERSION_DIR_RE = re.compile(r"[0-9]+")
 
 
 def container_base_path(name):
@@ -165,3 +177,111 @@ def write_batching_parameters(
             raise ValueError(f"{name} must be an integer >= {minimum}. Received: {name}={value}")
     text = "".join(f"{name} {{ value: {int(value)} }}\n" for name, value in values.items())
     return _atomic_write(os.path.join(export_dir, filename), text)
+
+
+# ---------------------------------------------------------------------------
+# Reading: models.config -> ModelConfig, for the local server.
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """One served model: name, local base path, version policy and labels."""
+
+    name: str
+    base_path: str
+    # ("latest", n) | ("all",) | ("specific", frozenset of versions)
+    version_policy: tuple = ("latest", 1)
+    version_labels: dict = dataclasses.field(default_factory=dict)
+
+
+def resolve_base_path(base_path, config_dir):
+    """Maps a base path from a container `models.config` to this machine.
+
+    An existing path is used as is. Otherwise `/models/X` becomes
+    `<config_dir>/X` and a relative path is resolved against `config_dir`.
+    """
+    container_root = CONTAINER_MODELS_ROOT + "/"
+    if os.path.isabs(base_path):
+        if os.path.exists(base_path) or config_dir is None:
+            return base_path
+        if base_path.startswith(container_root):
+            return os.path.join(config_dir, base_path[len(container_root) :])
+        return base_path
+    if config_dir is not None:
+        return os.path.normpath(os.path.join(config_dir, base_path))
+    return os.path.abspath(base_path)
+
+
+def model_configs_from_proto(server_config, config_dir=None):
+    """ModelServerConfig proto -> list of `ModelConfig`."""
+    if server_config.WhichOneof("config") != "model_config_list":
+        raise ValueError("Only model_config_list model server configs are supported.")
+    models = []
+    for config in server_config.model_config_list.config:
+        if not config.name:
+            raise ValueError(f"A model config has no name: {config}")
+        if config.model_platform not in ("", MODEL_PLATFORM):
+            raise ValueError(
+                f"Model {config.name}: only model_platform \"{MODEL_PLATFORM}\" is "
+                f"supported. Received: {config.model_platform}"
+            )
+        policy_kind = config.model_version_policy.WhichOneof("policy_choice")
+        if policy_kind == "all":
+            policy = ("all",)
+        elif policy_kind == "specific":
+            policy = ("specific", frozenset(config.model_version_policy.specific.versions))
+        elif policy_kind == "latest":
+            policy = ("latest", max(1, config.model_version_policy.latest.num_versions))
+        else:
+            policy = ("latest", 1)
+        models.append(
+            ModelConfig(
+                name=config.name,
+                base_path=resolve_base_path(config.base_path, config_dir),
+                version_policy=policy,
+                version_labels=dict(config.version_labels),
+            )
+        )
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Duplicate model names in config: {names}")
+    return models
+
+
+def load_model_config_file(path):
+    """Reads a `model_config_list` text proto file into `ModelConfig`s."""
+    return model_configs_from_proto(
+        read_models_config(path), config_dir=os.path.dirname(os.path.abspath(path))
+    )
+
+
+# ---------------------------------------------------------------------------
+# Version directories: <base_path>/<version>/.
+
+
+def version_dirs(base_path, loadable_only=False):
+    """{version: path} of the integer-named directories under `base_path`.
+
+    Args:
+        base_path: a model's base path; a missing one has no versions.
+        loadable_only: keep only directories that hold a SavedModel
+            (`saved_model.pb` or `saved_model.pbtxt`), the ones a server can
+            load. Without it, every version directory counts, as a new
+            version number must not reuse any of them.
+    """
+    try:
+        entries = os.listdir(base_path)
+    except OSError:
+        return {}
+    versions = {}
+    for entry in entries:
+        path = os.path.join(base_path, entry)
+        if not _VERSION_DIR_RE.fullmatch(entry) or not os.path.isdir(path):
+            continue
+        if loadable_only and not (
+            os.path.isfile(os.path.join(path, "saved_model.pb"))
+            or os.path.isfile(os.path.join(path, "saved_model.pbtxt"))
+        ):
+            continue
+        versions[int(entry)] = path
+    return versions

@@ -10,11 +10,14 @@ import pytest
 import tensorflow as tf
 
 from serving import client as client_lib
+from serving import client_cli
+from serving import model_config
 from serving import server
+from serving import toy_models
 from tests import serving_fixtures as fx
 
-RED_PNG = fx.make_image_bytes((210, 40, 30), image_format="png", seed=1)
-BLUE_JPEG = fx.make_image_bytes((30, 40, 220), image_format="jpeg", seed=2)
+RED_PNG = toy_models.make_image_bytes((210, 40, 30), image_format="png", seed=1)
+BLUE_JPEG = toy_models.make_image_bytes((30, 40, 220), image_format="jpeg", seed=2)
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +26,7 @@ def model_server(tmp_path_factory):
     configs = []
     for name in ("captioner", "classifier", "dual_encoder"):
         fx.copy_toy_version(name, root / name, 1)
-        configs.append(server.ModelConfig(name, str(root / name)))
+        configs.append(model_config.ModelConfig(name, str(root / name)))
     instance = server.ModelServer(configs, grpc_port=0, rest_port=-1, poll_wait_seconds=0)
     instance.start()
     yield instance
@@ -77,7 +80,7 @@ def test_classify(client, in_process):
 def test_classify_examples(client):
     [red, blue] = client.classify_examples("classifier", [RED_PNG, BLUE_JPEG], ["q", "q"])
     assert red[0][0] == "red" and blue[0][0] == "blue"
-    assert len(red) == len(fx.TOY_CLASS_NAMES)
+    assert len(red) == len(toy_models.TOY_CLASS_NAMES)
     assert red[0][1] >= red[1][1] >= red[2][1]
 
 
@@ -127,61 +130,52 @@ def test_predict_generic_with_version_and_output_filter(client):
     assert outputs["captions"].tolist() == [b"a dark red image"]
 
 
-@pytest.mark.parametrize(
-    "value, dtype",
-    [
-        ([b"a", "b\u00e9"], None),
-        ([[b"x", b"y"], [b"z", b""]], None),
-        (np.arange(6, dtype=np.float32).reshape(2, 3), None),
-        (np.array([1, -5], dtype=np.int64), None),
-        (np.array([True, False]), None),
-        ([1, 2], tf.int32.as_datatype_enum),
-        ([], tf.string.as_datatype_enum),
-    ],
-)
-def test_hand_built_tensors_match_tensorflow(value, dtype):
-    proto = client_lib.make_tensor_proto(value, dtype)
-    expected = tf.make_ndarray(
-        tf.make_tensor_proto(value, dtype=tf.as_dtype(dtype) if dtype else None)
-    )
-    actual = tf.make_ndarray(proto)
-    assert actual.shape == expected.shape
-    if expected.dtype == object:
-        assert actual.tolist() == expected.tolist()
-    else:
-        assert actual.dtype == expected.dtype
-        np.testing.assert_array_equal(actual, expected)
-    # And the client parses TensorFlow's protos, in both value layouts.
-    np.testing.assert_array_equal(client_lib.make_ndarray(tf.make_tensor_proto(expected)), expected)
-    np.testing.assert_array_equal(
-        client_lib.make_ndarray(server.ndarray_to_tensor_proto(expected, proto.dtype)), expected
-    )
+def test_predict_takes_lists_arrays_and_tensor_protos(client):
+    # Inputs go through tf.make_tensor_proto unless they already are TensorProtos.
+    by_list = client.predict("captioner", {"images": [RED_PNG]})
+    by_proto = client.predict("captioner", {"images": tf.make_tensor_proto([RED_PNG])})
+    by_array = client.predict("captioner", {"images": np.array([RED_PNG], dtype=object)})
+    for outputs in (by_proto, by_array):
+        assert outputs["captions"].tolist() == by_list["captions"].tolist()
+        np.testing.assert_array_equal(outputs["scores"], by_list["scores"])
+    assert by_list["scores"].dtype == np.float32
+    # An empty batch is still a DT_STRING tensor, and gets an empty answer.
+    assert client.caption("captioner", []) == []
 
 
-def test_client_imports_neither_mmkeras_nor_tensorflow_apis():
-    path = os.path.join(fx.REPO_ROOT, "serving", "client.py")
+def _imported_modules(path):
     with open(path) as f:
         tree = ast.parse(f.read())
     modules = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module == "serving":
+            modules.update(f"serving.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             modules.add(node.module)
-    allowed_roots = {"grpc", "numpy", "google", "tensorflow_serving"}
-    for module in modules:
-        root = module.split(".")[0]
-        if root == "tensorflow":
-            # Only the protos that tensorflow-serving-api's protos are built on.
-            assert module == "tensorflow.core.framework", module
-        elif root not in allowed_roots:
-            assert root in sys.stdlib_module_names, module
-    # Importing it pulls in no mmkeras and no server code. (`tensorflow` itself
-    # is imported by the tensorflow-serving-api protos: see serving/client.py.)
+    return modules
+
+
+def test_client_imports_neither_mmkeras_nor_training_nor_the_server():
+    allowed_roots = {"grpc", "numpy", "google", "tensorflow", "tensorflow_serving"}
+    for name in ("client.py", "client_cli.py"):
+        for module in _imported_modules(os.path.join(fx.REPO_ROOT, "serving", name)):
+            root = module.split(".")[0]
+            if root == "serving":
+                # The two import each other (`python -m serving.client` runs the
+                # command line) and nothing else of serving/.
+                assert (name, module) in (
+                    ("client.py", "serving.client_cli"),
+                    ("client_cli.py", "serving.client"),
+                ), module
+            elif root not in allowed_roots:
+                assert root in sys.stdlib_module_names, module
+    # Importing either pulls in no mmkeras, no training and no server code.
     check = (
-        "import sys, serving.client; "
-        "assert 'mmkeras' not in sys.modules; "
-        "assert 'serving.server' not in sys.modules"
+        "import sys, serving.client, serving.client_cli; "
+        "assert not [m for m in sys.modules if m.split('.')[0] in ('mmkeras', 'training')]; "
+        "assert 'serving.server' not in sys.modules and 'serving.export' not in sys.modules"
     )
     subprocess.run(
         [sys.executable, "-c", check], cwd=fx.REPO_ROOT, check=True,
@@ -217,7 +211,7 @@ def test_command_line_rest_and_signature(model_server, tmp_path, capsys):
         f"--server=127.0.0.1:{model_server.rest_port}", "--rest", "--model=captioner",
         "--signature=beam_search", f"--image={red}",
     ]
-    assert client_lib.main(args) == 0
+    assert client_cli.main(args) == 0
     assert capsys.readouterr().out.split("\t")[:2] == [str(red), "a dark red picture"]
 
 
@@ -225,10 +219,10 @@ def test_command_line_classifier_and_embeddings(model_server, tmp_path, capsys):
     red = tmp_path / "red.png"
     red.write_bytes(RED_PNG)
     server_arg = f"--server=127.0.0.1:{model_server.grpc_port}"
-    assert client_lib.main([server_arg, "--model=classifier", f"--image={red}", "--text=colour?"]) == 0
+    assert client_cli.main([server_arg, "--model=classifier", f"--image={red}", "--text=colour?"]) == 0
     assert capsys.readouterr().out.split("\t")[:3] == [str(red), "red", "0"]
-    assert client_lib.main([server_arg, "--model=dual_encoder", f"--image={red}", "--text=a b"]) == 0
+    assert client_cli.main([server_arg, "--model=dual_encoder", f"--image={red}", "--text=a b"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split("\t")[0] for line in lines] == [str(red), "a b"]
     assert len(lines[0].split("\t")[1].split()) == 8
-    assert client_lib.main([server_arg, "--model=nope", f"--image={red}"]) == 1
+    assert client_cli.main([server_arg, "--model=nope", f"--image={red}"]) == 1

@@ -1,4 +1,5 @@
-"""`serving.model_config` writers, and their agreement with the server and docker-compose."""
+"""`serving.model_config`: writers, readers and version directories, and their
+agreement with the server, the exporter and docker-compose."""
 
 import os
 import re
@@ -66,14 +67,31 @@ def test_batching_parameters_round_trip_through_the_server_parser(tmp_path):
 def test_server_maps_container_paths_next_to_the_config(tmp_path):
     (tmp_path / "captioner").mkdir()
     model_config.write_models_config(tmp_path, ["captioner", "missing"], version_labels={"captioner": {"stable": 1}})
-    configs = server.load_model_config_file(str(tmp_path / "models.config"))
+    configs = model_config.load_model_config_file(str(tmp_path / "models.config"))
     assert [(c.name, c.base_path, c.version_policy) for c in configs] == [
         ("captioner", str(tmp_path / "captioner"), ("latest", 1)),
         ("missing", str(tmp_path / "missing"), ("latest", 1)),
     ]
     assert configs[0].version_labels == {"stable": 1}
-    assert server.resolve_base_path("relative/x", str(tmp_path)) == str(tmp_path / "relative" / "x")
-    assert server.resolve_base_path(str(tmp_path), "/elsewhere") == str(tmp_path)
+    assert model_config.resolve_base_path("relative/x", str(tmp_path)) == str(tmp_path / "relative" / "x")
+    assert model_config.resolve_base_path(str(tmp_path), "/elsewhere") == str(tmp_path)
+
+
+def test_version_dirs_is_the_one_lister_of_versions(tmp_path):
+    from serving.export import next_version
+
+    base = tmp_path / "captioner"
+    assert model_config.version_dirs(base) == {}
+    assert next_version(str(base)) == 1
+    for name in ("2", "4", ".tmp-9-abc", "9.tmp", "x"):
+        (base / name).mkdir(parents=True)
+    (base / "2" / "saved_model.pb").write_bytes(b"")
+    (base / "7").write_text("a file, not a version")
+    assert model_config.version_dirs(base) == {2: str(base / "2"), 4: str(base / "4")}
+    # Only directories that hold a SavedModel can be served...
+    assert model_config.version_dirs(base, loadable_only=True) == {2: str(base / "2")}
+    # ...but a new version never reuses the number of any version directory.
+    assert next_version(str(base)) == 5
 
 
 def _compose_service():

@@ -23,7 +23,12 @@ from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from serving import model_config
-from serving import server
+from serving import toy_models
+from serving.server import batcher as batcher_lib
+from serving.server import batching_config
+from serving.server import rest
+from serving.server import tensor_codec
+from serving.server.status import ServingError
 from tests import serving_fixtures as fx
 
 MAX_REQUEST_BYTES = 1 << 20
@@ -33,8 +38,8 @@ MODELS = {
     "dual_encoder": "dual_encoder",
     "lifecycle": "captioner",
 }
-RED_PNG = fx.make_image_bytes((210, 40, 30), image_format="png", seed=1)
-BLUE_JPEG = fx.make_image_bytes((30, 40, 220), image_format="jpeg", seed=2)
+RED_PNG = toy_models.make_image_bytes((210, 40, 30), image_format="png", seed=1)
+BLUE_JPEG = toy_models.make_image_bytes((30, 40, 220), image_format="jpeg", seed=2)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +132,7 @@ def _b64(data):
     return {"b64": base64.b64encode(data).decode()}
 
 
-def _wait_for(condition, timeout=30.0, what="condition"):
+def _wait_for(condition, timeout=120.0, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = condition()
@@ -206,10 +211,10 @@ def test_grpc_classify_api(stub, in_process):
     request.model_spec.name = "classifier"
     request.model_spec.signature_name = "classification"
     for image, text in ((RED_PNG, "hello"), (BLUE_JPEG, "a b c")):
-        request.input.example_list.examples.add().ParseFromString(fx.make_example(image, text))
+        request.input.example_list.examples.add().ParseFromString(toy_models.make_example(image, text))
     response = stub.Classify(request)
     expected = in_process["classifier"].signatures["classification"](
-        inputs=tf.constant([fx.make_example(RED_PNG, "hello"), fx.make_example(BLUE_JPEG, "a b c")])
+        inputs=tf.constant([toy_models.make_example(RED_PNG, "hello"), toy_models.make_example(BLUE_JPEG, "a b c")])
     )
     labels = [[c.label for c in r.classes] for r in response.result.classifications]
     scores = [[c.score for c in r.classes] for r in response.result.classifications]
@@ -257,7 +262,7 @@ def test_rest_predict_row_and_columnar_formats(served, in_process):
     assert status == 200
     assert body["predictions"][0]["labels"] == "red"
     assert body["predictions"][0]["class_ids"] == 0
-    assert len(body["predictions"][0]["probabilities"]) == len(fx.TOY_CLASS_NAMES)
+    assert len(body["predictions"][0]["probabilities"]) == len(toy_models.TOY_CLASS_NAMES)
 
     # A signature with one output: TF Serving leaves out the output name.
     status, body = _http(
@@ -423,7 +428,7 @@ def test_rest_errors_and_server_keeps_answering(served, path, payload, status, f
 
 def test_concurrent_good_and_bad_requests_with_batching(stub, in_process):
     colours = [(200, 20, 20), (20, 200, 20), (20, 20, 200), (240, 240, 240)]
-    images = [fx.make_image_bytes(c, seed=i) for i, c in enumerate(colours)]
+    images = [toy_models.make_image_bytes(c, seed=i) for i, c in enumerate(colours)]
     expected = in_process["captioner"].signatures["serving_default"](images=tf.constant(images))
     results = {}
 
@@ -513,7 +518,21 @@ def test_sigterm_shuts_down_cleanly(served):
 
 
 # ---------------------------------------------------------------------------
-# In-process units.
+# In-process units: batcher.py. Batches form on a clock that only the test
+# moves, so they form alike on an idle and on a loaded machine.
+
+
+class _ManualClock:
+    """A monotonic clock that moves only when the test advances it."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
 
 
 def _slow_double(calls):
@@ -521,126 +540,160 @@ def _slow_double(calls):
         calls.append(len(inputs["x"]))
         time.sleep(0.01)
         if np.any(inputs["x"] < 0):
-            raise server.ServingError(grpc.StatusCode.INVALID_ARGUMENT, "negative input")
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "negative input")
         return {"y": inputs["x"] * 2}
 
     return function
 
 
-def test_batcher_merges_concurrent_calls_and_splits_results():
-    calls = []
-    batcher = server.Batcher(
-        server.BatchingParameters(max_batch_size=8, batch_timeout_micros=2_000_000, num_batch_threads=1)
-    )
-    function = _slow_double(calls)
-    results = {}
+class _BatchedCalls:
+    """A `Batcher` on a `_ManualClock`, and concurrent calls of `_slow_double` through it.
 
-    def call(i):
-        x = np.array([i], dtype=np.float32)
-        results[i] = batcher.run("key", function, {"x": x}, 1)["y"]
+    A context manager that stops the batcher on exit; every call runs in a
+    thread of its own.
+    """
 
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
-    for thread in threads:
+    def __init__(self, max_batch_size, num_batch_threads, batch_timeout_micros=200_000):
+        self.clock = _ManualClock()
+        self.batcher = batcher_lib.Batcher(
+            batching_config.BatchingParameters(
+                max_batch_size=max_batch_size,
+                batch_timeout_micros=batch_timeout_micros,
+                num_batch_threads=num_batch_threads,
+            ),
+            clock=self.clock,
+        )
+        self.model_calls = []  # the batch size of every model call
+        self.results = {}  # index -> y, or the status code of the error
+        self._function = _slow_double(self.model_calls)
+        self._threads = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.batcher.stop()
+
+    def start(self, index, key, x):
+        def call():
+            try:
+                self.results[index] = self.batcher.run(key, self._function, {"x": x}, len(x))["y"]
+            except ServingError as e:
+                self.results[index] = e.code
+
+        thread = threading.Thread(target=call)
         thread.start()
-    for thread in threads:
-        thread.join()
-    batcher.stop()
-    # A full batch of 8 is formed without waiting for the 2 s timeout.
-    assert calls == [8]
-    assert batcher.stats() == {"batches": 1, "tasks": 8}
+        self._threads.append(thread)
+
+    def join(self):
+        for thread in self._threads:
+            thread.join(timeout=120)
+            assert not thread.is_alive(), "a batched call never returned"
+
+
+def test_batcher_merges_concurrent_calls_and_splits_results():
+    with _BatchedCalls(max_batch_size=8, num_batch_threads=1) as calls:
+        for i in range(8):
+            calls.start(i, "key", np.array([i], dtype=np.float32))
+        # The clock stands still, so no timeout fires: only a full batch runs.
+        calls.join()
+    assert calls.model_calls == [8]
+    assert calls.batcher.stats() == {"batches": 1, "tasks": 8}
     for i in range(8):
-        np.testing.assert_array_equal(results[i], [2.0 * i])
+        np.testing.assert_array_equal(calls.results[i], [2.0 * i])
 
 
 def test_batcher_isolates_a_failing_request():
-    calls = []
-    batcher = server.Batcher(
-        server.BatchingParameters(max_batch_size=4, batch_timeout_micros=2_000_000, num_batch_threads=2)
-    )
-    function = _slow_double(calls)
-    results = {}
-
-    def call(i):
-        x = np.array([-1.0 if i == 2 else float(i)], dtype=np.float32)
-        try:
-            results[i] = batcher.run("key", function, {"x": x}, 1)["y"][0]
-        except server.ServingError as e:
-            results[i] = e.code
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    batcher.stop()
-    assert results == {0: 0.0, 1: 2.0, 2: grpc.StatusCode.INVALID_ARGUMENT, 3: 6.0}
+    with _BatchedCalls(max_batch_size=4, num_batch_threads=2) as calls:
+        for i in range(4):
+            calls.start(i, "key", np.array([-1.0 if i == 2 else float(i)], dtype=np.float32))
+        calls.join()
+    assert calls.results.pop(2) == grpc.StatusCode.INVALID_ARGUMENT
+    assert {i: y.tolist() for i, y in calls.results.items()} == {0: [0.0], 1: [2.0], 3: [6.0]}
     # The merged call fails and is bisected until the bad request is alone.
-    assert calls[0] == 4 and sorted(calls) == [1, 1, 2, 2, 4]
+    assert calls.model_calls[0] == 4 and sorted(calls.model_calls) == [1, 1, 2, 2, 4]
+
+
+def test_batcher_waits_for_the_timeout_of_its_oldest_call():
+    with _BatchedCalls(max_batch_size=4, num_batch_threads=1) as calls:
+        calls.start(0, "key", np.array([1.0], dtype=np.float32))
+        _wait_for(lambda: calls.batcher.pending() == 1, what="the call to be queued")
+        # Neither a full batch nor timed out: nothing runs, however long this takes.
+        assert calls.model_calls == [] and calls.batcher.pending() == 1
+        calls.clock.advance(0.2)
+        calls.join()
+    assert calls.model_calls == [1]
+    np.testing.assert_array_equal(calls.results[0], [2.0])
 
 
 def test_batcher_keeps_different_shapes_apart():
-    calls = []
-    batcher = server.Batcher(
-        server.BatchingParameters(max_batch_size=4, batch_timeout_micros=200_000, num_batch_threads=1)
-    )
-    function = _slow_double(calls)
-    results = {}
-
-    def call(i, width):
-        x = np.full((1, width), float(i), dtype=np.float32)
-        results[i] = batcher.run(("key", width), function, {"x": x}, 1)["y"]
-
-    threads = [threading.Thread(target=call, args=(i, 2 + i % 2)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    batcher.stop()
-    assert sorted(calls) == [2, 2]
+    with _BatchedCalls(max_batch_size=4, num_batch_threads=1) as calls:
+        for i in range(4):
+            width = 2 + i % 2
+            calls.start(i, ("key", width), np.full((1, width), float(i), dtype=np.float32))
+        _wait_for(lambda: calls.batcher.pending() == 4, what="all calls to be queued")
+        # Two queues of two calls each: neither is full, both time out together.
+        calls.clock.advance(1.0)
+        calls.join()
+    assert sorted(calls.model_calls) == [2, 2]
     for i in range(4):
-        assert results[i].shape == (1, 2 + i % 2)
-        np.testing.assert_array_equal(results[i], 2.0 * i)
+        assert calls.results[i].shape == (1, 2 + i % 2)
+        np.testing.assert_array_equal(calls.results[i], 2.0 * i)
+
+
+# ---------------------------------------------------------------------------
+# In-process units: batching_config.py, tensor_codec.py, rest.py.
 
 
 def test_parse_batching_parameters():
-    params = server.parse_batching_parameters(
+    params = batching_config.parse_batching_parameters(
         "max_batch_size { value: 32 }\n"
         "batch_timeout_micros { value: 500 }\n"
         "num_batch_threads { value: 3 }\n"
         "max_enqueued_batches { value: 7 }\n"
         "pad_variable_length_inputs: true\n"
     )
-    assert params == server.BatchingParameters(32, 500, 3, 7)
-    assert server.parse_batching_parameters("").max_batch_size == 1000
+    assert params == batching_config.BatchingParameters(32, 500, 3, 7)
+    assert batching_config.parse_batching_parameters("").max_batch_size == 1000
     with pytest.raises(ValueError):
-        server.parse_batching_parameters("max_batch_size { value: 0 }")
+        batching_config.parse_batching_parameters("max_batch_size { value: 0 }")
 
 
 @pytest.mark.parametrize(
-    "value",
+    "value, dtype",
     [
-        [b"a", b"bc"],
-        [[b"a"], [b""]],
-        np.arange(6, dtype=np.float32).reshape(2, 3),
-        np.array([1, -2], dtype=np.int64),
-        np.array([3, 4], dtype=np.int32),
-        np.array([True, False]),
-        np.float32(2.5),
+        ([b"a", b"bc"], None),
+        ([b"a", "b\u00e9"], None),
+        ([[b"a"], [b""]], None),
+        ([], tf.string),
+        (np.arange(6, dtype=np.float32).reshape(2, 3), None),
+        (np.array([1, -2], dtype=np.int64), None),
+        (np.array([3, 4], dtype=np.int32), None),
+        ([1, 2], tf.int32),
+        (np.array([True, False]), None),
+        (np.float32(2.5), None),
     ],
 )
-def test_tensor_proto_round_trip(value):
-    array = server.tensor_proto_to_ndarray(tf.make_tensor_proto(value))
-    np.testing.assert_array_equal(array, tf.make_ndarray(tf.make_tensor_proto(value)))
-    proto = server.ndarray_to_tensor_proto(array, tf.make_tensor_proto(value).dtype)
-    np.testing.assert_array_equal(tf.make_ndarray(proto), array)
+def test_tensor_proto_round_trip(value, dtype):
+    # What a client sends (tf.make_tensor_proto) is what the server reads, and
+    # what the server answers (typed value fields) is what tf.make_ndarray reads.
+    sent = tf.make_tensor_proto(value, dtype=dtype)
+    array = tensor_codec.tensor_proto_to_ndarray(sent)
+    expected = tf.make_ndarray(sent)
+    assert array.shape == expected.shape
+    np.testing.assert_array_equal(array, expected)
+    proto = tensor_codec.ndarray_to_tensor_proto(array, sent.dtype)
+    answered = tf.make_ndarray(proto)
+    assert answered.dtype == expected.dtype and answered.shape == expected.shape
+    np.testing.assert_array_equal(answered, array)
     assert not proto.tensor_content
 
 
 def test_tensor_proto_cannot_claim_a_huge_shape():
     proto = tf.make_tensor_proto([b"x"])
     proto.tensor_shape.dim[0].size = 1 << 30
-    with pytest.raises(server.ServingError) as error:
-        server.tensor_proto_to_ndarray(proto)
+    with pytest.raises(ServingError) as error:
+        tensor_codec.tensor_proto_to_ndarray(proto)
     assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -650,5 +703,5 @@ def test_rest_outputs_named_bytes_are_base64():
         "caption": np.array([b"caf\xc3\xa9"], dtype=object),
         "score": np.array([0.1], dtype=np.float32),
     }
-    rows = server.RestApi._rows(outputs)
+    rows = rest.RestApi._rows(outputs)
     assert rows == [{"image_bytes": {"b64": "/wA="}, "caption": "café", "score": 0.1}]
