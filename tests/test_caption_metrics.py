@@ -14,6 +14,7 @@ from mmkeras import metrics
 from mmkeras.metrics import bleu
 from mmkeras.metrics import caption_metrics
 from mmkeras.metrics import cider
+from mmkeras.metrics import meteor
 from mmkeras.metrics import normalize_caption
 from mmkeras.metrics import rouge_l
 
@@ -64,10 +65,12 @@ def _assert_matches_coco(predictions, references):
         "rouge_l": expected_rouge,
         "cider": expected_cider,
     }
-    assert combined.keys() == expected.keys()
-    for name, value in combined.items():
-        assert type(value) is float
-        assert value == pytest.approx(expected[name], rel=0, abs=TOLERANCE), name
+    # METEOR is compared with the Java METEOR in test_meteor.py.
+    assert combined.keys() == expected.keys() | {"meteor"}
+    assert combined["meteor"] == meteor(predictions, references)
+    for name, value in expected.items():
+        assert type(combined[name]) is float
+        assert combined[name] == pytest.approx(value, rel=0, abs=TOLERANCE), name
 
 
 def _random_caption(rng, min_length=1, max_length=12):

@@ -1,4 +1,4 @@
-"""Metrics in pure Python / numpy: caption quality (BLEU, ROUGE-L, CIDEr-D) and classification."""
+"""Metrics in pure Python / numpy: caption quality (BLEU, ROUGE-L, CIDEr-D, METEOR) and classification."""
 
 from mmkeras.metrics.bleu import bleu
 from mmkeras.metrics.caption_metrics import caption_metrics
@@ -10,6 +10,8 @@ from mmkeras.metrics.classification import confusion_matrix
 from mmkeras.metrics.classification import format_report
 from mmkeras.metrics.classification import multilabel_report
 from mmkeras.metrics.classification import top_confusions
+from mmkeras.metrics.meteor import meteor
+from mmkeras.metrics.meteor import meteor_score
 from mmkeras.metrics.rouge_l import rouge_l
 
 __all__ = [
@@ -20,6 +22,8 @@ __all__ = [
     "classification_report",
     "confusion_matrix",
     "format_report",
+    "meteor",
+    "meteor_score",
     "multilabel_report",
     "normalize_caption",
     "rouge_l",
