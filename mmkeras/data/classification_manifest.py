@@ -195,9 +195,7 @@ def load_classification_manifest(path, skip_bad_examples=False, label_names=None
             continue
         splits[split].append(record)
 
-    report.split_sizes = {name: len(records) for name, records in splits.items()}
-    report.num_images = len({r.image for records in splits.values() for r in records})
-    report.num_captions = sum(report.split_sizes.values())
+    report.count_examples(splits)
     return ClassificationData(
         splits=splits, label_names=names, multi_label=multi_label, report=report
     )

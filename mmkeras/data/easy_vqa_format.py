@@ -140,7 +140,5 @@ def load_easy_vqa(validation_fraction=0.1, seed=0, skip_bad_examples=False,
                         answers, skip_bad_examples, report)
         for split in ("train", "validation", "test")
     }
-    report.split_sizes = {name: len(records) for name, records in splits.items()}
-    report.num_images = len({r.image for records in splits.values() for r in records})
-    report.num_captions = sum(report.split_sizes.values())
+    report.count_examples(splits)
     return ClassificationData(splits=splits, label_names=label_names, report=report)

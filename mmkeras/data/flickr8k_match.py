@@ -83,9 +83,7 @@ def load_flickr8k_match(directory, seed=0, skip_bad_examples=False):
     splits = {
         split: match_records(caption_splits[split], split, seed) for split in SPLITS
     }
-    report.split_sizes = {name: len(records) for name, records in splits.items()}
-    report.num_images = sum(len(records) for records in caption_splits.values())
-    report.num_captions = sum(report.split_sizes.values())
+    report.count_examples(splits, num_images=sum(len(records) for records in caption_splits.values()))
     return ClassificationData(
         splits=splits, label_names=list(MATCH_LABELS), report=report
     )

@@ -60,7 +60,10 @@ class LoadReport:
             `skip_bad_examples=True`; otherwise the first one raises).
         skipped_reasons: one message per skipped example, naming file and row.
         dropped_empty_captions: empty or whitespace-only captions dropped.
-        split_sizes: images kept per split.
+        split_sizes: images kept per split (examples, for classification
+            data: see `count_examples`).
+        classification: counts are of image+text examples (`count_examples`):
+            `num_captions` counts their texts.
     """
 
     num_images: int = 0
@@ -69,6 +72,7 @@ class LoadReport:
     skipped_reasons: list[str] = dataclasses.field(default_factory=list)
     dropped_empty_captions: int = 0
     split_sizes: dict[str, int] = dataclasses.field(default_factory=dict)
+    classification: bool = False
 
     def skip(self, reason):
         """Counts one skipped bad example."""
@@ -83,14 +87,29 @@ class LoadReport:
             len(record.captions) for records in splits.values() for record in records
         )
 
+    def count_examples(self, splits, num_images=None):
+        """Sets the counts from `{split: [ClassificationRecord]}`: one text an example.
+
+        `num_images` defaults to the number of distinct images.
+        """
+        self.classification = True
+        self.split_sizes = {name: len(records) for name, records in splits.items()}
+        if num_images is None:
+            num_images = len({r.image for records in splits.values() for r in records})
+        self.num_images = num_images
+        self.num_captions = sum(self.split_sizes.values())
+
     def summary(self, max_reasons=5):
         """A human-readable summary, with the first `max_reasons` skip reasons."""
         splits = ", ".join(f"{name} {size}" for name, size in self.split_sizes.items())
+        if splits and self.classification:
+            splits = "examples: " + splits
+        texts = "texts" if self.classification else "captions"
         lines = [
-            f"Loaded {self.num_images} images with {self.num_captions} captions"
+            f"Loaded {self.num_images} images with {self.num_captions} {texts}"
             + (f" ({splits})" if splits else "")
             + f"; skipped {self.skipped_bad_examples} bad examples"
-            + f"; dropped {self.dropped_empty_captions} empty captions."
+            + f"; dropped {self.dropped_empty_captions} empty {texts}."
         ]
         for reason in self.skipped_reasons[:max_reasons]:
             lines.append(f"  skipped: {reason}")

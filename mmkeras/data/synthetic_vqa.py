@@ -201,9 +201,7 @@ def load_synthetic_vqa(
         splits[split] = records
 
     report = LoadReport()
-    report.split_sizes = {name: len(records) for name, records in splits.items()}
-    report.num_images = sum(synthetic.num_examples(split) for split in SPLITS)
-    report.num_captions = sum(report.split_sizes.values())
+    report.count_examples(splits, num_images=sum(synthetic.num_examples(split) for split in SPLITS))
     return ClassificationData(
         splits=splits,
         label_names=synthetic_vqa_label_names(multi_label),
