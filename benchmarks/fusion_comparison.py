@@ -33,8 +33,6 @@ import datetime
 import json
 import os
 import platform
-import shutil
-import subprocess
 import sys
 import time
 
@@ -44,9 +42,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+from benchmarks.training_runs import train_run  # noqa: E402
+
 # The same list as mmkeras.layers.FUSION_LAYERS (checked in main); kept here
 # so that --help does not import TensorFlow.
-FUSIONS = ("concat", "add", "weighted_sum", "gated", "cross_attention", "gcn", "late")
+FUSIONS = ("concat", "add", "weighted_sum", "gated", "cross_attention", "bilinear", "gcn", "late")
 METHODS = ("average", "vote", "stacking")
 
 flags.DEFINE_string("experiment", "vqa_easy_vqa", "Named experiment every fusion trains (training.config).")
@@ -69,13 +69,6 @@ COLUMNS = ("fusion", "test accuracy", "macro-F1", "accuracy image only", "accura
            "train seconds", "stopped by", "parameters")
 
 
-def child_env():
-    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
-    return env
-
-
 def planned_steps():
     """`train.steps` of each run: --steps, else the experiment's."""
     from training import config as config_lib
@@ -85,32 +78,15 @@ def planned_steps():
 
 def train(fusion, runs_dir, logs_dir):
     """Trains one fusion in a fresh process; returns its eval_metrics dict, or None if it failed."""
-    run_dir = os.path.join(runs_dir, fusion)
-    shutil.rmtree(run_dir, ignore_errors=True)
-    command = [
-        sys.executable, "-m", "training.train", f"--experiment={FLAGS.experiment}", f"--fusion={fusion}",
-        f"--model_dir={run_dir}", "--export_dir=", "--verbose=0", f"--max_minutes={FLAGS.minutes}",
-        f"--max_steps={planned_steps()}", f"--set=train.seed={FLAGS.seed}",
+    train_flags = [
+        f"--experiment={FLAGS.experiment}", f"--fusion={fusion}", "--export_dir=",
+        f"--max_minutes={FLAGS.minutes}", f"--max_steps={planned_steps()}", f"--set=train.seed={FLAGS.seed}",
     ]
     if FLAGS.data:
-        command.append(f"--data={FLAGS.data}")
+        train_flags.append(f"--data={FLAGS.data}")
     timeout = FLAGS.timeout or int(3 * 60 * FLAGS.minutes + 900)
-    log_path = os.path.join(logs_dir, f"{fusion}.log")
-    started = time.time()
-    with open(log_path, "w") as log:
-        try:
-            code = subprocess.run(command, cwd=REPO, env=child_env(), stdout=log, stderr=subprocess.STDOUT,
-                                  timeout=timeout).returncode
-        except subprocess.TimeoutExpired:
-            code = "timeout"
-    print(f"{fusion}: exit {code} after {time.time() - started:.0f} s (log {log_path})", flush=True)
-    metrics_path = os.path.join(run_dir, "eval_metrics.json")
-    if code != 0 or not os.path.exists(metrics_path):
-        with open(log_path) as f:
-            print(f.read()[-2000:], file=sys.stderr)
-        return None
-    with open(metrics_path) as f:
-        return json.load(f)
+    return train_run(fusion, train_flags, os.path.join(runs_dir, fusion),
+                     os.path.join(logs_dir, f"{fusion}.log"), timeout)
 
 
 def fusion_row(fusion, metrics, model, steps):

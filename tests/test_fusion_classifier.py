@@ -73,6 +73,22 @@ def test_every_fusion_trains_round_trips_and_saves(preprocessor, fusion, tmp_pat
     )
 
 
+def test_mlp_head_trains_round_trips_and_saves(preprocessor, tmp_path):
+    model = make(preprocessor, "bilinear", head_hidden_dim=12)
+    assert model.head_hidden.units == 12 and model.head.kernel.shape == (12, len(LABELS))
+    x = batch(preprocessor)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    before = model.head_hidden.kernel.numpy().copy()
+    model.fit(x, np.array([0, 1, 2, 3]), batch_size=4, epochs=1, verbose=0)
+    assert not np.allclose(before, model.head_hidden.kernel.numpy())
+    config = model.get_config()
+    assert config["head_hidden_dim"] == 12
+    assert FusionClassifier.from_config(config).get_config() == config
+    path = os.path.join(tmp_path, "mlp_head.keras")
+    model.save(path)
+    np.testing.assert_allclose(keras.saving.load_model(path)(x)["logits"], model(x)["logits"], atol=1e-5)
+
+
 @pytest.mark.parametrize("fusion", sorted(FUSION_LAYERS))
 def test_a_missing_modality_is_ignored(preprocessor, fusion):
     model = make(preprocessor, fusion)
@@ -127,6 +143,7 @@ def test_multi_label_uses_sigmoids_and_per_label_thresholds(preprocessor):
         ({"fusion": "weighted_sum", "fusion_weights": (0.7, 0.7)}, "weights"),
         ({"fusion": "gcn", "fusion_num_layers": 0}, "num_layers=0"),
         ({"fusion": "concat", "modality_dropout": 1.0}, "modality_dropout=1.0"),
+        ({"fusion": "concat", "head_hidden_dim": -2}, "head_hidden_dim=-2"),
     ],
 )
 def test_misconfiguration_fails_at_construction_naming_the_argument(preprocessor, kwargs, message):

@@ -10,6 +10,7 @@ from mmkeras.layers.concat_fusion import ConcatFusion
 from mmkeras.layers.cross_attention_fusion import CrossAttentionFusion
 from mmkeras.layers.fusion import FUSION_DESCRIPTIONS, FUSION_LAYERS, get_fusion
 from mmkeras.layers.fusion_layer import FusionLayer
+from mmkeras.layers.bilinear_fusion import BilinearFusion
 from mmkeras.layers.gated_fusion import GatedFusion
 from mmkeras.layers.gcn_fusion import GCNFusion, grid_adjacency, normalize_adjacency
 from mmkeras.layers.late_fusion import LateFusion
@@ -59,6 +60,8 @@ CASES = {
         dict(hidden_dim=HIDDEN, num_heads=2, num_layers=2, intermediate_dim=24, dropout=0.1,
              bidirectional=True, layer_norm_epsilon=1e-6),
     ),
+    "bilinear": (BilinearFusion, dict(hidden_dim=HIDDEN, num_glimpses=3, dropout=0.1)),
+    "bilinear_pooled": (BilinearFusion, dict(hidden_dim=HIDDEN, num_glimpses=0)),
     "gcn_full": (GCNFusion, dict(hidden_dim=HIDDEN, num_layers=3, activation="tanh", dropout=0.1)),
     "gcn_knn": (GCNFusion, dict(hidden_dim=HIDDEN, cross_modal_edges="knn", k=2)),
     "late_fixed": (LateFusion, dict(num_classes=3, hidden_dim=HIDDEN, weights=(0.4, 0.6), dropout=0.1)),
@@ -272,6 +275,28 @@ def test_gated_output_lies_between_projections():
     assert not np.allclose(fused, h_img) and not np.allclose(fused, h_text)
 
 
+def test_bilinear_fusion_is_a_product_under_attention():
+    layer = BilinearFusion(hidden_dim=HIDDEN, num_glimpses=2)
+    image_tokens, image_pooled, text_tokens, text_pooled, mask = make_inputs()
+    fused, attention = layer(image_tokens, image_pooled, text_tokens, text_pooled, mask,
+                             return_attention_scores=True)
+    attention = numpy(attention)
+    assert attention.shape == (BATCH, 2, IMAGE_TOKENS)
+    np.testing.assert_allclose(attention.sum(axis=-1), 1.0, rtol=1e-5)
+    # By hand: the glimpses are attention-weighted image tokens, and the
+    # output is the product of the two tanh projections.
+    glimpses = np.einsum("bgn,bnd->bgd", attention, image_tokens).reshape(BATCH, -1)
+    expected = numpy(layer.image_projection(glimpses)) * numpy(layer.text_projection(text_pooled))
+    np.testing.assert_allclose(numpy(fused), expected, rtol=1e-5, atol=1e-6)
+    # Multiplicative: a zero text vector (zero-initialised biases) zeroes the output.
+    zero_text = layer(image_tokens, image_pooled, text_tokens, np.zeros_like(text_pooled), mask)
+    np.testing.assert_allclose(numpy(zero_text), 0.0, atol=1e-7)
+    # The attention follows the text: another question attends elsewhere.
+    other = layer(image_tokens, image_pooled, text_tokens, -3.0 * text_pooled, mask,
+                  return_attention_scores=True)[1]
+    assert not np.allclose(attention, numpy(other))
+
+
 def test_late_fusion_weights():
     inputs = make_inputs()
     image_only = LateFusion(num_classes=3, hidden_dim=8, weights=(1.0, 0.0))
@@ -329,6 +354,7 @@ def test_cross_attention_bidirectional_round_trip():
         (lambda: LateFusion(num_classes=2, hidden_dim=8, weights=(0.7, 0.7)), r"weights=\(0.7, 0.7\)"),
         (lambda: LateFusion(num_classes=0, hidden_dim=8), "num_classes=0"),
         (lambda: GCNFusion(hidden_dim=8, num_layers=0), "num_layers=0"),
+        (lambda: BilinearFusion(hidden_dim=8, num_glimpses=-1), "num_glimpses=-1"),
         (lambda: GCNFusion(hidden_dim=8, cross_modal_edges="all"), "cross_modal_edges=all"),
         (lambda: GCNFusion(hidden_dim=8, k=0), "k=0"),
         (lambda: CrossAttentionFusion(hidden_dim=10, num_heads=3), "num_heads=3"),
@@ -344,7 +370,7 @@ def test_misconfiguration_raises(make, match):
 
 
 def test_get_fusion():
-    with pytest.raises(ValueError, match="Known: concat, add, weighted_sum, gated, cross_attention, gcn, late"):
+    with pytest.raises(ValueError, match="Known: concat, add, weighted_sum, gated, cross_attention, bilinear, gcn, late"):
         get_fusion("nope")
     assert set(FUSION_DESCRIPTIONS) == set(FUSION_LAYERS)
     inputs = make_inputs()

@@ -6,6 +6,7 @@ from mmkeras.layers.cross_attention_fusion import CrossAttentionFusion
 from mmkeras.layers.cross_modal_attention import CrossModalAttention
 from mmkeras.layers.fusion import FUSION_DESCRIPTIONS, FUSION_LAYERS, get_fusion
 from mmkeras.layers.fusion_layer import FusionLayer
+from mmkeras.layers.bilinear_fusion import BilinearFusion
 from mmkeras.layers.gated_fusion import GatedFusion
 from mmkeras.layers.gcn_fusion import GCNFusion
 from mmkeras.layers.image_encoder import ImageEncoder
@@ -24,6 +25,7 @@ __all__ = [
     "FUSION_LAYERS",
     "FusionLayer",
     "GCNFusion",
+    "BilinearFusion",
     "GatedFusion",
     "ImageEncoder",
     "LateFusion",

@@ -1,6 +1,7 @@
 """The fusion layers by name, for classifiers and command-line flags."""
 
 from mmkeras.layers.add_fusion import AddFusion
+from mmkeras.layers.bilinear_fusion import BilinearFusion
 from mmkeras.layers.concat_fusion import ConcatFusion
 from mmkeras.layers.cross_attention_fusion import CrossAttentionFusion
 from mmkeras.layers.gated_fusion import GatedFusion
@@ -14,6 +15,7 @@ FUSION_LAYERS = {
     "weighted_sum": WeightedSumFusion,
     "gated": GatedFusion,
     "cross_attention": CrossAttentionFusion,
+    "bilinear": BilinearFusion,
     "gcn": GCNFusion,
     "late": LateFusion,
 }
@@ -24,6 +26,7 @@ FUSION_DESCRIPTIONS = {
     "weighted_sum": "weighted sum of projected pooled vectors, weights fixed or learned (softmax)",
     "gated": "a per-dimension sigmoid gate mixes the projected image and text vectors",
     "cross_attention": "text tokens attend to image tokens (optionally both ways), masked mean readout",
+    "bilinear": "question-guided attention glimpses, then a low-rank bilinear (Hadamard) product (MLB)",
     "gcn": "graph convolutions over image grid and text tokens with cross-modal edges",
     "late": "one classifier head per modality, logits averaged with fixed or learned weights",
 }

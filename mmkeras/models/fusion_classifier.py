@@ -44,6 +44,11 @@ class FusionClassifier(keras.Model):
         modality_dropout: float in [0, 1), fraction of training examples that
             lose one modality.
         head_dropout: float, dropout before the classification head.
+        head_hidden_dim: int, width of a GELU hidden layer of the head (0: a
+            linear head on the fused vector). VQA heads are usually two-layer
+            MLPs (Anderson et al., 2018): a linear head on a pooled vector
+            cannot combine two of its features non-linearly (e.g. "the asked
+            colour is present" with "the question is negated").
         **kwargs: base model arguments.
 
     Call arguments:
@@ -83,9 +88,12 @@ class FusionClassifier(keras.Model):
         image_size=64,
         modality_dropout=0.0,
         head_dropout=0.1,
+        head_hidden_dim=0,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if isinstance(head_hidden_dim, bool) or not isinstance(head_hidden_dim, int) or head_hidden_dim < 0:
+            raise ValueError(f"`head_hidden_dim` must be an int >= 0. Received: head_hidden_dim={head_hidden_dim}")
         if not isinstance(num_classes, int) or num_classes < 2 and not multi_label or num_classes < 1:
             raise ValueError(
                 "`num_classes` must be an int >= 2 (>= 1 for multi-label). "
@@ -115,10 +123,16 @@ class FusionClassifier(keras.Model):
         self.image_size = image_size
         self.modality_dropout = modality_dropout
         self.head_dropout = head_dropout
+        self.head_hidden_dim = head_hidden_dim
         self.dropout_layer = keras.layers.Dropout(head_dropout, dtype=self.dtype_policy, name="head_dropout")
         self.head = None
+        self.head_hidden = None
         if not getattr(fusion, "produces_logits", False):
             self.head = keras.layers.Dense(num_classes, dtype=self.dtype_policy, name="head")
+            if head_hidden_dim:
+                self.head_hidden = keras.layers.Dense(
+                    head_hidden_dim, activation="gelu", dtype=self.dtype_policy, name="head_hidden"
+                )
         self.seed_generator = keras.random.SeedGenerator(0, name="modality_dropout_seed")
         self.accuracy_metric = (
             keras.metrics.BinaryAccuracy(name="accuracy")
@@ -142,7 +156,11 @@ class FusionClassifier(keras.Model):
             fused_shape = self.fusion.compute_output_shape(
                 image_out["tokens"], image_out["pooled"], text_out["tokens"], text_out["pooled"]
             )
-            self.head.build(tuple(fused_shape))
+            fused_shape = tuple(fused_shape)
+            if self.head_hidden is not None:
+                self.head_hidden.build(fused_shape)
+                fused_shape = fused_shape[:-1] + (self.head_hidden_dim,)
+            self.head.build(fused_shape)
         # Per-label decision thresholds of multi-label models (0.5 until tuned);
         # weights, so that they are saved and exported with the model.
         self.thresholds = self.add_weight(
@@ -182,6 +200,7 @@ class FusionClassifier(keras.Model):
                 "image_size": self.image_size,
                 "modality_dropout": self.modality_dropout,
                 "head_dropout": self.head_dropout,
+                "head_hidden_dim": self.head_hidden_dim,
             }
         )
         return config
@@ -218,7 +237,7 @@ class FusionClassifier(keras.Model):
         if padding_mask is None:
             padding_mask = ops.not_equal(token_ids, 0)
         padding_mask = ops.cast(padding_mask, "bool")
-        image = self.image_encoder(inputs["images"], training=training)
+        image = self.image_encoder.encode_inputs(inputs, training=training)
         text = self.text_encoder(token_ids, padding_mask=padding_mask, training=training)
         batch = ops.shape(token_ids)[0]
         image_present, text_present = self._presence(inputs, batch, training)
@@ -234,6 +253,8 @@ class FusionClassifier(keras.Model):
         if self.head is None:
             logits = fused
         else:
+            if self.head_hidden is not None:
+                fused = self.head_hidden(self.dropout_layer(fused, training=training))
             logits = self.head(self.dropout_layer(fused, training=training))
         # Losses and probabilities in float32, also under mixed precision.
         return {"logits": ops.cast(logits, "float32")}
@@ -341,6 +362,7 @@ def build_fusion_classifier(
     fusion_bidirectional=False,
     gcn_cross_modal_edges="full",
     modality_dropout=0.0,
+    head_hidden_dim=0,
     label_names=None,
     multi_label=False,
     text_preprocessor=None,
@@ -377,7 +399,8 @@ def build_fusion_classifier(
     model = FusionClassifier(
         image_encoder, text_encoder, fusion_layer, num_classes, label_names=label_names,
         multi_label=multi_label, text_preprocessor=text_preprocessor, image_size=image_size,
-        modality_dropout=modality_dropout, head_dropout=dropout, dtype=dtype, name="fusion_classifier",
+        modality_dropout=modality_dropout, head_dropout=dropout, head_hidden_dim=head_hidden_dim, dtype=dtype,
+        name="fusion_classifier",
     )
     model(
         {

@@ -1,0 +1,52 @@
+"""Fresh `python -m training.train` processes for the comparison benchmarks.
+
+A comparison trains each of its variants in a process of its own, one after
+the other: each returns its memory and shares no warmed-up state, and no run
+resumes another's checkpoints (its model directory is deleted first).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def child_env():
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
+    return env
+
+
+def train_run(name, train_flags, run_dir, log_path, timeout):
+    """Trains one variant; returns its `eval_metrics.json` dict, or None if it failed.
+
+    Args:
+        name: the variant, for messages.
+        train_flags: flags of `training.train` (without `--model_dir`).
+        run_dir: its `--model_dir`, deleted first.
+        log_path: where its stdout and stderr go.
+        timeout: seconds allowed.
+    """
+    shutil.rmtree(run_dir, ignore_errors=True)
+    command = [sys.executable, "-m", "training.train", f"--model_dir={run_dir}", "--verbose=0"]
+    command += list(train_flags)
+    started = time.time()
+    with open(log_path, "w") as log:
+        try:
+            code = subprocess.run(command, cwd=REPO, env=child_env(), stdout=log, stderr=subprocess.STDOUT,
+                                  timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            code = "timeout"
+    print(f"{name}: exit {code} after {time.time() - started:.0f} s (log {log_path})", flush=True)
+    metrics_path = os.path.join(run_dir, "eval_metrics.json")
+    if code != 0 or not os.path.exists(metrics_path):
+        with open(log_path) as f:
+            print(f.read()[-2000:], file=sys.stderr)
+        return None
+    with open(metrics_path) as f:
+        return json.load(f)
