@@ -42,7 +42,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from benchmarks.training_runs import train_run  # noqa: E402
+from benchmarks.training_runs import output_dirs, train_run  # noqa: E402
 
 # The same list as mmkeras.layers.FUSION_LAYERS (checked in main); kept here
 # so that --help does not import TensorFlow.
@@ -184,10 +184,7 @@ def main(argv):
         raise app.UsageError(f"--fusions takes names of {', '.join(FUSION_LAYERS)}. Received: {FLAGS.fusions}")
     if FLAGS.minutes <= 0:
         raise app.UsageError(f"--minutes must be > 0 (the shared budget). Received: {FLAGS.minutes}")
-    output_dir = os.path.abspath(FLAGS.output_dir)
-    runs_dir, logs_dir = os.path.join(output_dir, "runs"), os.path.join(output_dir, "logs")
-    os.makedirs(runs_dir, exist_ok=True)
-    os.makedirs(logs_dir, exist_ok=True)
+    output_dir, runs_dir, logs_dir = output_dirs(FLAGS.output_dir)
     steps = planned_steps()
     started = datetime.datetime.now(datetime.timezone.utc)
 

@@ -50,3 +50,12 @@ def train_run(name, train_flags, run_dir, log_path, timeout):
         return None
     with open(metrics_path) as f:
         return json.load(f)
+
+
+def output_dirs(output_dir):
+    """Creates `<output_dir>/runs` and `/logs`; returns `(output_dir, runs_dir, logs_dir)`, absolute."""
+    output_dir = os.path.abspath(output_dir)
+    runs_dir, logs_dir = os.path.join(output_dir, "runs"), os.path.join(output_dir, "logs")
+    os.makedirs(runs_dir, exist_ok=True)
+    os.makedirs(logs_dir, exist_ok=True)
+    return output_dir, runs_dir, logs_dir

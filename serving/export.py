@@ -18,6 +18,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from mmkeras.data.caption_pipeline import decode_images
+from mmkeras.models.generation_constraints import check_generation_options
 from serving import model_config
 
 IMAGES_SPEC = tf.TensorSpec([None], tf.string, name="images")
@@ -116,15 +117,23 @@ CLASSIFIER_SIGNATURES = {
 }
 
 
-def captioner_endpoints(model, num_beams=3):
-    """The serving functions of an `ImageCaptioner`: greedy and beam search."""
+def captioner_endpoints(model, num_beams=3, no_repeat_ngram_size=0, length_penalty=1.0):
+    """The serving functions of an `ImageCaptioner`: greedy and beam search.
+
+    The decoding options are baked into the graph: `no_repeat_ngram_size`
+    into both signatures, `length_penalty` into `beam_search` only, so
+    `serving_default` scores stay the mean log-probability per token.
+    """
+    check_generation_options(no_repeat_ngram_size, length_penalty)
     image_size = model.image_size
 
-    def make(method):
+    def make(method, **options):
         def serve(images):
             images = check_image_bytes(images)
             pixels = decode_images(images, image_size)
-            outputs = model.generate_tokens(pixels, method=method, num_beams=num_beams)
+            outputs = model.generate_tokens(
+                pixels, method=method, no_repeat_ngram_size=no_repeat_ngram_size, **options
+            )
             return {
                 "captions": model.detokenize(outputs["token_ids"]),
                 "scores": tf.cast(outputs["scores"], tf.float32),
@@ -132,7 +141,10 @@ def captioner_endpoints(model, num_beams=3):
 
         return serve
 
-    return {"serving_default": make("greedy"), "beam_search": make("beam")}
+    return {
+        "serving_default": make("greedy"),
+        "beam_search": make("beam", num_beams=num_beams, length_penalty=length_penalty),
+    }
 
 
 def set_signature_method_name(export_dir, signature_key, method_name):
@@ -194,14 +206,19 @@ def write_saved_model(export_base, version, track, endpoints, assets=(), input_s
 
 
 def export_captioner(
-    model, export_dir, model_name="captioner", version=None, vocabulary_file=None, num_beams=3
+    model, export_dir, model_name="captioner", version=None, vocabulary_file=None, num_beams=3,
+    no_repeat_ngram_size=0, length_penalty=1.0,
 ):
     """Exports an `ImageCaptioner` to `<export_dir>/<model_name>/<version>/`.
 
     Signatures: `serving_default` (greedy) and `beam_search` (`num_beams`), each taking
     `images` (tf.string, encoded JPEG/PNG, shape `[batch]`) and returning
-    `captions` (tf.string `[batch]`) and `scores` (tf.float32 `[batch]`, mean
-    log-probability per generated token). The vocabulary travels as an asset
+    `captions` (tf.string `[batch]`) and `scores` (tf.float32 `[batch]`: summed
+    log-probability / length ** length_penalty, see `ImageCaptioner.generate`;
+    the mean log-probability per generated token for `serving_default`, and for
+    `beam_search` with the default `length_penalty=1.0`). Both signatures
+    block repeated n-grams of `no_repeat_ngram_size` (0: off); `beam_search`
+    ranks its beams with `length_penalty`. The vocabulary travels as an asset
     (`assets/vocabulary.txt`). `<export_dir>/models.config` and
     `batching_parameters.pbtxt` are written or updated for TF Serving.
     """
@@ -216,7 +233,10 @@ def export_captioner(
             os.path.join(export_dir, model_name),
             version,
             track=[model],
-            endpoints=captioner_endpoints(model, num_beams=num_beams),
+            endpoints=captioner_endpoints(
+                model, num_beams=num_beams, no_repeat_ngram_size=no_repeat_ngram_size,
+                length_penalty=length_penalty,
+            ),
             assets=[vocabulary_file],
         )
     write_serving_config(export_dir, model_name)

@@ -40,6 +40,11 @@ def test_run_writes_model_dir(trained):
     for key in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider", "token_accuracy",
                 "num_test_images", "train_steps"):
         assert key in metrics, key
+    # Beam search (caption.eval_beam) is reported beside greedy decoding.
+    for key in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider"):
+        assert 0.0 <= metrics[f"beam_{key}"] <= (10.0 if key == "cider" else 1.0), key
+    samples = json.load(open(os.path.join(model_dir, "samples.json")))
+    assert samples and all(isinstance(s["beam"], str) and "generated" in s for s in samples)
     assert metrics["train_steps"] == 30
     assert metrics["num_test_images"] == 32
     assert results["export_path"].endswith(os.path.join("captioner", "1"))
@@ -81,23 +86,51 @@ FRESH_PROCESS = textwrap.dedent(
 )
 
 
-def test_fresh_process_matches_in_memory_model(trained, tmp_path):
-    results, _, jpegs = trained
-    model = results["model"]
+def serve_in_fresh_process(export_path, jpegs, tmp_path):
+    """Both signatures' outputs for `jpegs`, from a process that never imported mmkeras."""
     images_file = tmp_path / "images.json"
     images_file.write_text(json.dumps([b.hex() for b in jpegs]))
     script = tmp_path / "load.py"
     script.write_text(FRESH_PROCESS)
-    proc = subprocess.run([sys.executable, str(script), results["export_path"], str(images_file)],
+    proc = subprocess.run([sys.executable, str(script), export_path, str(images_file)],
                           capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    served = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_fresh_process_matches_in_memory_model(trained, tmp_path):
+    results, _, jpegs = trained
+    model = results["model"]
+    served = serve_in_fresh_process(results["export_path"], jpegs, tmp_path)
 
     pixels = decode_images(tf.constant(jpegs), model.image_size)
     for name, method in (("serving_default", "greedy"), ("beam_search", "beam")):
         expected = model.generate(pixels, method=method)
         assert served[name]["captions"] == model.caption(pixels, method=method)
         np.testing.assert_allclose(served[name]["scores"], expected["scores"].numpy(), atol=1e-5)
+
+
+def test_exported_decoding_options_match_in_memory_model(trained, tmp_path):
+    from serving.export import export_captioner
+
+    results, _, jpegs = trained
+    model = results["model"]
+    options = {"no_repeat_ngram_size": 1, "length_penalty": 2.0}
+    path = export_captioner(model, str(tmp_path / "saved_models"), num_beams=3, **options)
+    served = serve_in_fresh_process(path, jpegs, tmp_path)
+    pixels = decode_images(tf.constant(jpegs), model.image_size)
+    # The briefly trained model does repeat words ("a small a a ...") by default.
+    assert any(len(c.split()) > len(set(c.split())) for c in model.caption(pixels, method="beam"))
+    for name, method, kwargs in (
+        ("serving_default", "greedy", {"no_repeat_ngram_size": 1}),  # length_penalty: beam only
+        ("beam_search", "beam", options),
+    ):
+        expected = model.generate(pixels, method=method, **kwargs)
+        assert served[name]["captions"] == model.caption(pixels, method=method, **kwargs)
+        np.testing.assert_allclose(served[name]["scores"], expected["scores"].numpy(), atol=1e-5)
+        for caption in served[name]["captions"]:  # word vocabulary: a token is a word
+            assert len(caption.split()) == len(set(caption.split())), (name, caption)
+    assert any(served["beam_search"]["captions"]), "length_penalty=2 favours non-empty captions"
 
 
 def test_export_rejects_non_image_bytes_naming_the_input(trained):

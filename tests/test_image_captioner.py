@@ -144,3 +144,153 @@ def test_top_k_rejects_k_above_vocabulary(tokenizer):
     model = tiny_captioner(tokenizer)
     with pytest.raises(ValueError, match="`k`"):
         model.generate(np.zeros((1, 32, 32, 3), "float32"), method="top_k", k=10_000)
+
+
+# Decoding options, on a captioner whose next-token logits are a handcrafted
+# table indexed by the previous token (a bigram model that ignores the image).
+def bigram_captioner(tokenizer, monkeypatch, table, sequence_length=8):
+    model = tiny_captioner(tokenizer, sequence_length)
+    table = tf.constant(table, "float32")
+
+    def call_with_cache(token_ids, cache, cache_update_index, image_cache):
+        logits = ops.take(table, token_ids[:, 0], axis=0)[:, None, :]
+        return logits, logits, cache
+
+    monkeypatch.setattr(model.text_decoder, "call_with_cache", call_with_cache)
+    return model
+
+
+def words_of(tokenizer):
+    special = set(special_token_ids(tokenizer).values()) | {tokenizer.token_to_id("[UNK]")}
+    return [i for i in range(tokenizer.vocabulary_size()) if i not in special]
+
+
+def generated(row, ids):
+    """The generated tokens before the end token (or all, if there is none)."""
+    row = list(row[1:])
+    return row[: row.index(ids["end"])] if ids["end"] in row else row
+
+
+def repeated_ngrams(tokens, n):
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return len(grams) - len(set(grams))
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "top_k"])
+def test_no_repeat_ngram_size_blocks_repeats_the_model_prefers(tokenizer, monkeypatch, method):
+    ids, words = special_token_ids(tokenizer), words_of(tokenizer)
+    vocabulary_size = tokenizer.vocabulary_size()
+    # Words ranked by id; the end token below the first 20 words; and a strong
+    # pull to the loop start -> a -> b -> a -> b ...
+    table = np.tile(np.zeros(vocabulary_size, "float32"), (vocabulary_size, 1))
+    table[:, words] = -0.1 * np.arange(len(words))
+    table[:, ids["end"]] = -2.0
+    a, b = words[0], words[1]
+    table[ids["start"], a] += 5.0
+    table[a, b] += 5.0
+    table[b, a] += 5.0
+    model = bigram_captioner(tokenizer, monkeypatch, table)
+    images = np.zeros((2, 32, 32, 3), "float32")
+    options = {"method": method, "num_beams": 3, "k": 3, "seed": 1}
+    plain = ops.convert_to_numpy(model.generate(images, **options)["token_ids"])
+    assert all(repeated_ngrams(generated(row, ids), 2) > 0 for row in plain), plain
+    for n in (1, 2):
+        tokens = ops.convert_to_numpy(model.generate(images, no_repeat_ngram_size=n, **options)["token_ids"])
+        for row in tokens:
+            assert repeated_ngrams(generated(row, ids), n) == 0, (n, row)
+            assert np.all(row[1:] != ids["pad"]) or np.all(row[list(row).index(ids["end"]) + 1 :] == ids["pad"])
+        if method == "greedy":
+            # The prefix start a b is the model's choice; only repeats are blocked.
+            assert list(tokens[0, 1:3]) == [a, b]
+            if n == 2:  # a b a, then b would repeat "a b": a again ("a a" is new)
+                assert list(tokens[0, 1:5]) == [a, b, a, a]
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "top_k"])
+def test_unknown_token_is_never_generated(tokenizer, monkeypatch, method):
+    ids, unk = special_token_ids(tokenizer), tokenizer.token_to_id("[UNK]")
+    vocabulary_size = tokenizer.vocabulary_size()
+    table = np.zeros((vocabulary_size, vocabulary_size), "float32")
+    table[:, unk] = 10.0  # The model's favourite token, after every token.
+    table[:, ids["end"]] = -1.0
+    model = bigram_captioner(tokenizer, monkeypatch, table)
+    assert model.unk_token_id == unk
+    tokens = ops.convert_to_numpy(
+        model.generate(np.zeros((2, 32, 32, 3), "float32"), method=method, num_beams=3, k=3, seed=1)["token_ids"]
+    )
+    assert not (tokens == unk).any(), tokens
+    assert (tokens[:, 1] != ids["pad"]).all()
+
+
+def test_length_penalty_picks_between_a_short_and_a_long_beam(tokenizer, monkeypatch):
+    ids, words = special_token_ids(tokenizer), words_of(tokenizer)
+    p, q, r, s = words[:4]
+    end, vocabulary_size = ids["end"], tokenizer.vocabulary_size()
+    table = np.full((vocabulary_size, vocabulary_size), -30.0, "float32")
+
+    def follow(token, **next_probabilities):
+        for name, prob in next_probabilities.items():
+            table[token, {"p": p, "q": q, "r": r, "s": s, "end": end}[name]] = np.log(prob)
+
+    # Hypotheses: "p" (short), "q r" and "q r s" (long).
+    follow(ids["start"], p=0.4, q=0.6)
+    follow(p, end=1.0)
+    follow(q, r=1.0)
+    follow(r, end=0.53, s=0.45)
+    follow(s, end=1.0)
+    model = bigram_captioner(tokenizer, monkeypatch, table)
+    images = np.zeros((1, 32, 32, 3), "float32")
+    log_probs = ops.convert_to_numpy(ops.log_softmax(table, axis=-1))
+
+    def log_prob(tokens):
+        path = [ids["start"]] + tokens + [end]
+        return sum(log_probs[x, y] for x, y in zip(path[:-1], path[1:]))
+
+    expected = {
+        # Raw sums: the short caption has the highest probability.
+        0.0: ([p], log_prob([p])),
+        # Mean per token: "q r s" (-0.32) beats "q r" (-0.38) and "p" (-0.46).
+        # It wins only because finished beams compete with live ones under the
+        # penalised score: by raw sum, the finished "p" and "q r" would take
+        # both beams at step 3 and prune "q r s".
+        1.0: ([q, r, s], log_prob([q, r, s]) / 4),
+        2.0: ([q, r, s], log_prob([q, r, s]) / 16),
+        -1.0: ([p], log_prob([p]) * 2),
+    }
+    for length_penalty, (tokens, score) in expected.items():
+        out = model.generate(images, method="beam", num_beams=2, length_penalty=length_penalty)
+        row = ops.convert_to_numpy(out["token_ids"])[0]
+        assert generated(row, ids) == tokens, (length_penalty, row)
+        np.testing.assert_allclose(ops.convert_to_numpy(out["scores"]), [score], rtol=1e-4)
+
+
+def test_beam_scores_use_the_same_definition_as_greedy(tokenizer):
+    # One beam is greedy decoding; its search score must equal greedy's
+    # recomputed score, under every option, with and without the cache.
+    model = tiny_captioner(tokenizer)
+    x, _, _ = batch(tokenizer)
+    ids = special_token_ids(tokenizer)
+    options = {"no_repeat_ngram_size": 1, "length_penalty": 0.5}
+    greedy = model.generate(x["images"], method="greedy", **options)
+    beam = model.generate(x["images"], method="beam", num_beams=1, **options)
+    tokens = ops.convert_to_numpy(greedy["token_ids"])
+    np.testing.assert_array_equal(tokens, ops.convert_to_numpy(beam["token_ids"]))
+    np.testing.assert_allclose(ops.convert_to_numpy(greedy["scores"]), ops.convert_to_numpy(beam["scores"]), atol=1e-4)
+    for row in tokens:
+        assert repeated_ngrams(generated(row, ids), 1) == 0
+    uncached = model.generate(x["images"], method="beam", num_beams=3, use_cache=False, **options)
+    cached = model.generate(x["images"], method="beam", num_beams=3, **options)
+    np.testing.assert_array_equal(ops.convert_to_numpy(cached["token_ids"]), ops.convert_to_numpy(uncached["token_ids"]))
+
+
+def test_decoding_options_are_validated(tokenizer):
+    model = tiny_captioner(tokenizer)
+    images = np.zeros((1, 32, 32, 3), "float32")
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match=f"no_repeat_ngram_size={bad!r}"):
+            model.generate(images, no_repeat_ngram_size=bad)
+    for bad in ("long", float("nan"), None):
+        with pytest.raises(ValueError, match="length_penalty="):
+            model.caption(images, method="beam", length_penalty=bad)
+    with pytest.raises(ValueError, match="no_repeat_ngram_size=-2"):
+        model.generate_tokens(images, no_repeat_ngram_size=-2)

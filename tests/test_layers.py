@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from mmkeras.layers import CrossModalAttention, ImageEncoder, TextDecoder, TextDecoderBlock
+from mmkeras.layers import CrossModalAttention, ImageEncoder, TextDecoder, TextDecoderBlock, TextEncoder
 from tests.layer_harness import run_config_round_trip, run_layer_checks, run_save_load
 
 RNG = np.random.default_rng(0)
@@ -107,6 +107,50 @@ def test_image_encoder_keras_hub_backbone_by_class_and_preset(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert from_preset(images)["tokens"].shape[-1] == 16
     assert run_config_round_trip(from_preset).backbone_preset == preset_dir
+
+
+def test_image_encoder_takes_pixel_scaling_from_preset_and_checks_kind(tmp_path):
+    import keras_hub
+
+    kwargs = dict(input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64],
+                  stackwise_num_blocks=[1], stackwise_num_strides=[1], block_type="basic_block",
+                  use_pre_activation=False, image_shape=(16, 16, 3))
+    preset_dir = str(tmp_path / "resnet_preset")
+    keras_hub.models.ResNetBackbone(**kwargs).save_to_preset(preset_dir)
+    assert ImageEncoder(hidden_dim=8, backbone_preset=preset_dir).pixel_scale == 1.0 / 255.0
+    # An image converter in the preset (EfficientNet-Lite0's: [-1, 1]) wins.
+    keras_hub.layers.ResNetImageConverter(scale=1.0 / 127.5, offset=-1.0).save_to_preset(preset_dir)
+    encoder = ImageEncoder(hidden_dim=8, backbone_preset=preset_dir)
+    assert (encoder.pixel_scale, encoder.pixel_offset) == (1.0 / 127.5, -1.0)
+    keras_hub.layers.ResNetImageConverter(
+        scale=[1 / 58.4, 1 / 57.1, 1 / 57.4], offset=[-2.1, -2.0, -1.8]
+    ).save_to_preset(preset_dir)
+    encoder = ImageEncoder(hidden_dim=8, backbone_preset=preset_dir)
+    assert encoder.pixel_offset == (-2.1, -2.0, -1.8)
+    clone = run_config_round_trip(encoder)
+    assert clone.pixel_offset == (-2.1, -2.0, -1.8)
+    images = RNG.uniform(0, 255, size=(2, 16, 16, 3)).astype("float32")
+    assert np.isfinite(ops.convert_to_numpy(encoder.features(images))).all()
+
+    text_dir = str(tmp_path / "bert_preset")
+    keras_hub.models.BertBackbone(vocabulary_size=30, num_layers=1, num_heads=2, hidden_dim=8,
+                                  intermediate_dim=16, max_sequence_length=8).save_to_preset(text_dir)
+    with pytest.raises(ValueError, match="BertBackbone, not an image backbone"):
+        ImageEncoder(hidden_dim=8, backbone_preset=text_dir)
+    with pytest.raises(ValueError, match="ResNetBackbone, not a text backbone"):
+        TextEncoder(backbone_preset=preset_dir)
+
+
+def test_image_encoder_features_split_matches_call():
+    encoder = ImageEncoder(hidden_dim=8, stem_filters=(4, 8))
+    images = RNG.uniform(0, 255, size=(2, 16, 16, 3)).astype("float32")
+    expected = ops.convert_to_numpy(encoder(images)["tokens"])
+    features = encoder.features(images)
+    assert tuple(features.shape) == encoder.features_shape((2, 16, 16, 3))
+    cached = encoder.encode_inputs({"image_features": features})
+    np.testing.assert_allclose(ops.convert_to_numpy(cached["tokens"]), expected, atol=1e-6)
+    direct = encoder.encode_inputs({"images": images})
+    np.testing.assert_allclose(ops.convert_to_numpy(direct["tokens"]), expected, atol=1e-6)
 
 
 def test_image_encoder_rejects_two_backbones():

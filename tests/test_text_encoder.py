@@ -189,5 +189,8 @@ def test_text_encoder_rejects_bad_args(tmp_path):
         TextEncoder(backbone_preset=missing)
     empty = tmp_path / "empty_preset"
     empty.mkdir()
-    with pytest.raises(ValueError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match="incomplete.*config.json"):
+        TextEncoder(backbone_preset=str(empty))
+    (empty / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="incomplete.*model.weights.h5"):
         TextEncoder(backbone_preset=str(empty))

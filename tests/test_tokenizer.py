@@ -8,6 +8,7 @@ from mmkeras.data.tokenizer import (
     detokenize_generated,
     learn_vocabulary,
     special_token_ids,
+    split_words,
 )
 
 CAPTIONS = ["A dog runs on the grass.", "a black dog jumps", "two dogs play on the grass"] * 30
@@ -45,3 +46,34 @@ def test_bad_inputs_are_rejected():
         learn_vocabulary(CAPTIONS, 3)
     with pytest.raises(ValueError, match="must start with"):
         build_tokenizer(["a", "b", "[PAD]", "[UNK]", "[START]", "[END]"])
+
+
+def test_word_vocabulary_holds_whole_words_by_frequency():
+    vocabulary = learn_vocabulary(CAPTIONS + ["a zebra"], 9, level="word")
+    assert tuple(vocabulary[:4]) == SPECIAL_TOKENS
+    # "a" 61, "dog"/"on"/"the"/"grass" 30-60 times: most frequent first, no pieces.
+    assert vocabulary[4] == "a" and len(vocabulary) == 9
+    assert not any(token.startswith("##") for token in vocabulary)
+    assert "zebra" not in vocabulary
+    assert "zebra" in learn_vocabulary(CAPTIONS + ["a zebra"], 100, level="word")
+    assert "zebra" not in learn_vocabulary(CAPTIONS + ["a zebra"], 100, level="word", min_count=2)
+
+
+def test_word_tokenizer_splits_like_split_words_and_never_makes_pieces():
+    tokenizer = build_tokenizer(learn_vocabulary(CAPTIONS + ["Café, dogs!"], 100, level="word"))
+    tokenize = tf.function(tokenizer)
+    for text in ("A dog runs on the grass.", "café, dogs!", "two dogs play"):
+        ids = tokenize(tf.constant([text])).to_tensor().numpy()[0]
+        assert tokenizer.token_to_id("[UNK]") not in ids
+        assert [tokenizer.id_to_token(int(i)) for i in ids] == split_words(text)
+    # A training word's unseen variant is unknown, not spelled from pieces.
+    ids = tokenize(tf.constant(["dogged"])).to_tensor().numpy()[0]
+    assert list(ids) == [tokenizer.token_to_id("[UNK]")]
+    assert split_words("Ça va, très-bien_") == ["ca", "va", ",", "tres", "-", "bien", "_"]
+
+
+def test_bad_vocabulary_level_is_rejected():
+    with pytest.raises(ValueError, match="level=words"):
+        learn_vocabulary(CAPTIONS, 100, level="words")
+    with pytest.raises(ValueError, match="min_count=0"):
+        learn_vocabulary(CAPTIONS, 100, level="word", min_count=0)

@@ -97,6 +97,11 @@ def train_model(task, model, cfg, model_dir, strategy, verbose=1, restore_dir=No
     checkpoint_dir = os.path.join(model_dir, "checkpoints")
     restore_dir = restore_dir or checkpoint_dir
 
+    task.image_feature_extractor = finetune.image_feature_extractor(
+        task.encoders(model).get("image_encoder"), cfg.data
+    )
+    if task.image_feature_extractor is not None:
+        logging.info("Image encoder frozen: training on cached image features.")
     val_ds = task.validation_dataset() if validation else None
     evaluator = loop.Evaluator(model, strategy)
     validate, early_stopping = None, None

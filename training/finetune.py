@@ -15,9 +15,15 @@ Frozen layers also run in inference mode: Keras runs a non-trainable
 `BatchNormalization` with its moving statistics, as fine-tuning wants.
 Call `apply_trainable` before `compile`, so the optimizer sees the final set
 of trainable variables.
+
+A fully frozen image feature extractor computes the same features for an
+image at every visit, so `image_feature_extractor` hands it to the training
+pipeline, which runs it once per image and caches the result.
 """
 
 import re
+
+from absl import logging
 
 
 def parse_trainable(value, where="trainable"):
@@ -70,6 +76,27 @@ def apply_trainable(encoder, value, where="trainable"):
         for layer in block:
             layer.trainable = False
     return len(frozen)
+
+
+def is_frozen(encoder):
+    """True when none of the encoder's feature-extractor blocks trains."""
+    blocks = feature_blocks(encoder)
+    return bool(blocks) and not any(layer.trainable for block in blocks for layer in block)
+
+
+def image_feature_extractor(image_encoder, data_cfg):
+    """`ImageEncoder.features` in inference mode when it can be cached, else None.
+
+    Cached when the encoder's feature extractor is frozen (`trainable=none`),
+    `data.cache_image_features` and `data.cache` are on and `data.augment` is
+    off (an augmented image has no fixed features).
+    """
+    if image_encoder is None or not is_frozen(image_encoder):
+        return None
+    if not (data_cfg.cache_image_features and data_cfg.cache) or data_cfg.augment:
+        logging.info("Frozen image encoder, features not cached (data.augment or caching off).")
+        return None
+    return lambda images: image_encoder.features(images, training=False)
 
 
 def count_params(weights):

@@ -7,6 +7,9 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
+from mmkeras.data.image_table import checked_image_table
+from mmkeras.data.image_table import feature_table
+from mmkeras.data.image_table import table_gather
 from mmkeras.data.synthetic_captions import SYNTHETIC_PREFIX
 
 
@@ -142,14 +145,15 @@ def build_augmenter(seed=0):
     )
 
 
-def teacher_forcing_inputs(tokenizer, sequence_length, augmenter=None):
+def teacher_forcing_inputs(tokenizer, sequence_length, augmenter=None, image_key="images"):
     """Returns the batched map `(uint8 images, captions) -> (x, y, sample_weight)`.
 
     Shared by every captioning input pipeline (in-memory and TFRecord), so the
     model sees one format: `x = {"images": float32, "token_ids": int32,
     "padding_mask": int32}` (int32, not bool: Keras' distributed `fit` sums the
     first batch across replicas, which bool tensors cannot do), `y` the next
-    tokens, `sample_weight` 1.0 on real targets.
+    tokens, `sample_weight` 1.0 on real targets. With `image_key="image_features"`
+    the first input is cached image features, passed on as they are.
     """
     packer = keras_hub.layers.StartEndPacker(
         sequence_length=sequence_length + 1,
@@ -166,7 +170,7 @@ def teacher_forcing_inputs(tokenizer, sequence_length, augmenter=None):
         token_ids, padding_mask = packer(tokenizer(captions))
         padding_mask = tf.cast(padding_mask, tf.int32)
         x = {
-            "images": images,
+            image_key: images,
             "token_ids": token_ids[:, :-1],
             "padding_mask": padding_mask[:, :-1],
         }
@@ -188,6 +192,7 @@ def caption_dataset(
     cache=True,
     shuffle_buffer=None,
     skip_bad_examples=False,
+    feature_extractor=None,
 ):
     """Builds the teacher-forcing dataset of `ImageCaptioner`.
 
@@ -199,22 +204,42 @@ def caption_dataset(
     Yields `(x, y, sample_weight)` with `x = {"images", "token_ids",
     "padding_mask"}`, `y` the next-token targets and `sample_weight` 1.0 on real
     target tokens and 0.0 on padding.
+
+    `feature_extractor` (a frozen image encoder's feature extractor, see
+    `image_table.feature_table`) encodes each image once before the first
+    batch; `x` then holds `"image_features"` instead of `"images"`. It needs
+    `cache` and no `augment`.
     """
     if not records:
         raise ValueError("Cannot build a caption dataset from zero records.")
-    ids = tf.constant([r.image for r in records], dtype=tf.string)
-    captions = tf.ragged.constant([list(r.captions) for r in records], dtype=tf.string)
     load = image_loader(records, image_size, synthetic)
-    ds = tf.data.Dataset.from_tensor_slices((ids, captions)).map(
-        lambda image_id, refs: (load(image_id), refs), num_parallel_calls=tf.data.AUTOTUNE
-    )
-    if skip_bad_examples:
-        # Files were checked cheaply when loaded (magic bytes, end markers);
-        # an image that still fails to decode drops with its captions instead
-        # of stopping a run that may be hours in.
-        ds = ds.ignore_errors(log_warning=True)
-    if cache:
-        ds = ds.cache()
+    gather_features = None
+    if feature_extractor is not None:
+        if not cache or augment:
+            raise ValueError(
+                "Cached image features need `cache=True` and no augmentation (augmented "
+                f"images have no fixed features). Received: cache={cache}, augment={augment}"
+            )
+        table, decoded = checked_image_table(records, load, image_size, skip_bad_examples)
+        keep = np.flatnonzero(decoded)
+        gather_features = table_gather(feature_table(table[keep], feature_extractor), tf.float32)
+        records = [records[i] for i in keep]
+    captions = tf.ragged.constant([list(r.captions) for r in records], dtype=tf.string)
+    if gather_features is not None:
+        # Elements carry row indices; batches gather their features.
+        ds = tf.data.Dataset.from_tensor_slices((tf.range(len(records), dtype=tf.int64), captions))
+    else:
+        ids = tf.constant([r.image for r in records], dtype=tf.string)
+        ds = tf.data.Dataset.from_tensor_slices((ids, captions)).map(
+            lambda image_id, refs: (load(image_id), refs), num_parallel_calls=tf.data.AUTOTUNE
+        )
+        if skip_bad_examples:
+            # Files were checked cheaply when loaded (magic bytes, end markers);
+            # an image that still fails to decode drops with its captions instead
+            # of stopping a run that may be hours in.
+            ds = ds.ignore_errors(log_warning=True)
+        if cache:
+            ds = ds.cache()
 
     if training:
         ds = ds.shuffle(
@@ -242,7 +267,13 @@ def caption_dataset(
 
     ds = ds.batch(batch_size, drop_remainder=training)
     augmenter = build_augmenter(seed) if (training and augment) else None
-    to_model_inputs = teacher_forcing_inputs(tokenizer, sequence_length, augmenter)
+    if gather_features is not None:
+        ds = ds.map(lambda rows, batch_captions: (gather_features(rows), batch_captions),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+    to_model_inputs = teacher_forcing_inputs(
+        tokenizer, sequence_length, augmenter,
+        image_key="images" if gather_features is None else "image_features",
+    )
     ds = ds.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 

@@ -12,11 +12,9 @@ import tensorflow as tf
 
 from mmkeras.data.caption_pipeline import build_augmenter
 from mmkeras.data.caption_pipeline import image_loader
-from mmkeras.data.records import BadExampleError
-from mmkeras.data.records import SKIP_HINT
-
-# Images decoded per step while the image table is filled.
-_DECODE_BATCH = 256
+from mmkeras.data.image_table import checked_image_table
+from mmkeras.data.image_table import feature_table
+from mmkeras.data.image_table import table_gather
 
 
 def classification_texts(records):
@@ -60,34 +58,6 @@ def label_ids(records, label_names, multi_label=False):
     return targets
 
 
-def _image_table(images, owners, image_size, synthetic):
-    """Decodes each distinct image once.
-
-    Args:
-        images: distinct image ids (paths or `synthetic:` ids).
-        owners: the first record of each image, for messages.
-
-    Returns:
-        `(table, decoded)`: uint8 `(len(images), image_size, image_size, 3)` and
-        a bool mask of the images that decoded (the others stay zero).
-    """
-    load = image_loader(owners, image_size, synthetic)
-    ds = tf.data.Dataset.from_tensor_slices(
-        (tf.range(len(images), dtype=tf.int64), tf.constant(images, dtype=tf.string))
-    )
-    ds = ds.map(lambda i, image: (i, load(image)), num_parallel_calls=tf.data.AUTOTUNE)
-    # Files were checked cheaply when loaded (magic bytes, end markers); an image
-    # that still fails to decode is found here, before training starts.
-    ds = ds.ignore_errors(log_warning=True)
-    ds = ds.batch(_DECODE_BATCH).prefetch(tf.data.AUTOTUNE)
-    table = np.zeros((len(images), image_size, image_size, 3), dtype=np.uint8)
-    decoded = np.zeros((len(images),), dtype=bool)
-    for indices, batch in ds.as_numpy_iterator():
-        table[indices] = batch
-        decoded[indices] = True
-    return table, decoded
-
-
 def classification_dataset(
     records,
     label_names,
@@ -101,6 +71,7 @@ def classification_dataset(
     augment=False,
     cache=True,
     skip_bad_examples=False,
+    feature_extractor=None,
 ):
     """Builds the dataset of `FusionClassifier`-style image+text models.
 
@@ -132,12 +103,22 @@ def classification_dataset(
         skip_bad_examples: drop the examples of images that fail to decode
             instead of raising (`BadExampleError` naming the image and a row
             when `cache`; TensorFlow's decode error mid-epoch otherwise).
+        feature_extractor: optional frozen image feature extractor (see
+            `image_table.feature_table`): each distinct image is encoded once
+            and `x` holds `"image_features"` instead of `"images"`. Needs
+            `cache` and no `augment`.
     """
     if not records:
         raise ValueError("Cannot build a classification dataset from zero records.")
     targets = label_ids(records, label_names, multi_label)
     texts = np.array(classification_texts(records), dtype=object)
     augmenter = build_augmenter(seed) if (training and augment) else None
+    if feature_extractor is not None and (not cache or augmenter is not None):
+        raise ValueError(
+            "Cached image features need `cache=True` and no augmentation (augmented "
+            f"images have no fixed features). Received: cache={cache}, augment={augment}"
+        )
+    image_key = "images" if feature_extractor is None else "image_features"
 
     if cache:
         image_index = {}
@@ -146,29 +127,15 @@ def classification_dataset(
             if record.image not in image_index:
                 image_index[record.image] = len(owners)
                 owners.append(record)
-        table, decoded = _image_table(
-            [r.image for r in owners], owners, image_size, synthetic
+        table, decoded = checked_image_table(
+            owners, image_loader(owners, image_size, synthetic), image_size, skip_bad_examples
         )
-        if not decoded.all():
-            bad = owners[int(np.argmin(decoded))]
-            if not skip_bad_examples:
-                raise BadExampleError(
-                    f"{bad.origin}: image file {bad.image} cannot be decoded. "
-                    f"{SKIP_HINT}"
-                )
         indices = np.array([image_index[r.image] for r in records], dtype=np.int64)
         keep = decoded[indices]
-        if not keep.any():
-            raise ValueError("No image of the records could be decoded.")
         indices, texts, targets = indices[keep], texts[keep], targets[keep]
-
-        def gather(batch_indices):
-            return table[batch_indices]
-
-        def load_images(batch_indices):
-            images = tf.numpy_function(gather, [batch_indices], tf.uint8, stateful=False)
-            return tf.ensure_shape(images, (None, image_size, image_size, 3))
-
+        if feature_extractor is not None:
+            table = feature_table(table, feature_extractor)
+        load_images = table_gather(table, tf.as_dtype(table.dtype))
         ds = tf.data.Dataset.from_tensor_slices((indices, texts, targets))
     else:
         load = image_loader(records, image_size, synthetic)
@@ -192,7 +159,7 @@ def classification_dataset(
             images = augmenter(images, training=True)
         features = text_preprocessor(batch_texts)
         x = {
-            "images": images,
+            image_key: images,
             "token_ids": tf.cast(features["token_ids"], tf.int32),
             "padding_mask": tf.cast(features["padding_mask"], tf.bool),
         }

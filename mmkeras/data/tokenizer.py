@@ -1,9 +1,20 @@
-"""WordPiece tokenizer for captions and questions, learned from the training text.
+"""Tokenizer for captions and questions, learned from the training text.
 
 The tokenizer is keras-hub's `WordPieceTokenizer`, which runs on TensorFlow Text
 ops, so the same object tokenizes inside `tf.data`, inside the model and inside an
 exported SavedModel (TensorFlow Serving links TensorFlow Text ops).
+
+Two vocabularies: WordPiece pieces (`level="wordpiece"`, open vocabulary: any
+word is spelled from pieces) or whole words only (`level="word"`: a word not in
+the vocabulary becomes `[UNK]`). A captioner generates from its vocabulary, so
+with whole words it can only say words that occur in its training captions; a
+WordPiece captioner can string continuation pieces into non-words
+("a murocrocram").
 """
+
+import collections
+import re
+import unicodedata
 
 import keras_hub
 import tensorflow as tf
@@ -16,8 +27,31 @@ END_TOKEN = "[END]"
 SPECIAL_TOKENS = (PAD_TOKEN, UNK_TOKEN, START_TOKEN, END_TOKEN)
 
 
-def learn_vocabulary(texts, vocabulary_size=4000, lowercase=True):
-    """Learns a WordPiece vocabulary from training text.
+VOCABULARY_LEVELS = ("wordpiece", "word")
+# What `WordPieceTokenizer` does before looking pieces up (keras-hub's default
+# split: whitespace, and every punctuation character is a token of its own).
+_WORD_PATTERN = re.compile(r"[^\W_]+|[^\w\s]|_", re.UNICODE)
+
+
+def split_words(text, lowercase=True):
+    """Splits text into the words a `build_tokenizer` tokenizer looks up.
+
+    Lowercasing and accent stripping (NFD, combining marks dropped) as the
+    tokenizer does with `lowercase=True`; punctuation marks are words of their
+    own.
+
+    Example:
+    >>> split_words("A dog, running.")
+    ['a', 'dog', ',', 'running', '.']
+    """
+    if lowercase:
+        text = unicodedata.normalize("NFD", text.lower())
+        text = "".join(c for c in text if unicodedata.category(c) != "Mn")
+    return _WORD_PATTERN.findall(text)
+
+
+def learn_vocabulary(texts, vocabulary_size=4000, lowercase=True, level="wordpiece", min_count=1):
+    """Learns a WordPiece or whole-word vocabulary from training text.
 
     Args:
         texts: iterable of Python strings (training captions only: learning the
@@ -25,6 +59,10 @@ def learn_vocabulary(texts, vocabulary_size=4000, lowercase=True):
         vocabulary_size: int, upper bound on the vocabulary size including the
             special tokens. Small corpora produce fewer pieces.
         lowercase: bool, whether to lowercase before learning.
+        level: `"wordpiece"` or `"word"`. Words keep the `vocabulary_size`
+            most frequent words seen at least `min_count` times (ties by first
+            occurrence, so the vocabulary is deterministic).
+        min_count: int, `level="word"` only: rarer words become `[UNK]`.
 
     Returns:
         A list of tokens, starting with `SPECIAL_TOKENS`.
@@ -42,6 +80,14 @@ def learn_vocabulary(texts, vocabulary_size=4000, lowercase=True):
             f"`vocabulary_size` must exceed the {len(SPECIAL_TOKENS)} special "
             f"tokens. Received: vocabulary_size={vocabulary_size}"
         )
+    if level not in VOCABULARY_LEVELS:
+        raise ValueError(f"`level` must be one of {VOCABULARY_LEVELS}. Received: level={level}")
+    if level == "word":
+        if not isinstance(min_count, int) or min_count < 1:
+            raise ValueError(f"`min_count` must be a positive int. Received: min_count={min_count}")
+        counts = collections.Counter(w for t in texts for w in split_words(t, lowercase))
+        words = [w for w, n in counts.most_common() if n >= min_count and w not in SPECIAL_TOKENS]
+        return list(SPECIAL_TOKENS) + words[: vocabulary_size - len(SPECIAL_TOKENS)]
     data = tf.data.Dataset.from_tensor_slices(tf.constant(texts)).batch(1024)
     vocabulary = keras_hub.tokenizers.compute_word_piece_vocabulary(
         data,

@@ -25,9 +25,72 @@ def check_preset(preset):
         )
 
 
-def resolve_backbone(backbone, backbone_class, backbone_kwargs, backbone_preset):
+# Pixel mapping of encoders without a preset image converter: [0, 255] -> [0, 1].
+DEFAULT_PIXEL_SCALE = 1.0 / 255.0
+DEFAULT_PIXEL_OFFSET = 0.0
+
+
+def preset_pixel_scaling(preset):
+    """`(scale, offset)` that the preset's image converter applies to `[0, 255]` pixels.
+
+    A preset without an image converter (e.g. one saved from a bare
+    backbone), or no preset, gives `[0, 1]` pixels. Per-channel values come
+    back as tuples.
+    """
+    if preset is None:
+        return DEFAULT_PIXEL_SCALE, DEFAULT_PIXEL_OFFSET
+    if "://" not in preset and not os.path.exists(os.path.join(preset, "image_converter.json")):
+        return DEFAULT_PIXEL_SCALE, DEFAULT_PIXEL_OFFSET
+    converter = keras_hub.layers.ImageConverter.from_preset(preset)
+    if converter is None:
+        return DEFAULT_PIXEL_SCALE, DEFAULT_PIXEL_OFFSET
+
+    def value(v, default):
+        if v is None:
+            return default
+        return tuple(float(x) for x in v) if isinstance(v, (list, tuple)) else float(v)
+
+    return value(converter.scale, 1.0), value(converter.offset, 0.0)
+
+
+def _load_preset_backbone(preset, kind):
+    """`Backbone.from_preset` with errors that say which file and what was expected."""
+    check_preset(preset)
+    if "://" not in preset:
+        for name in ("config.json", "model.weights.h5"):
+            path = os.path.join(preset, name)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(
+                    f"The preset folder {preset} is incomplete: {path} is missing "
+                    "(a keras-hub preset holds config.json and model.weights.h5; "
+                    "`python -m training.presets` builds the pretrained ones)."
+                )
+    backbone = keras_hub.models.Backbone.from_preset(preset)
+    _check_kind(backbone, kind, f"the preset {preset}")
+    return backbone
+
+
+def _check_kind(backbone, kind, source):
+    """Raises `ValueError` when an image encoder gets a text backbone or vice versa."""
+    if kind is None or not getattr(backbone, "built", False):
+        return
+    inputs = getattr(backbone, "input", None)
+    is_text = isinstance(inputs, dict) and "token_ids" in inputs
+    is_image = not isinstance(inputs, dict) and len(getattr(inputs, "shape", ())) == 4
+    if (kind == "image" and not is_image) or (kind == "text" and not is_text):
+        raise ValueError(
+            f"{source} is a {type(backbone).__name__}, not "
+            f"{'an image' if kind == 'image' else 'a text'} backbone: "
+            + ("an image backbone takes (batch, height, width, channels) images."
+               if kind == "image" else "a text backbone takes a dict with token_ids.")
+        )
+
+
+def resolve_backbone(backbone, backbone_class, backbone_kwargs, backbone_preset, kind=None):
     """Returns the backbone layer named by at most one of three sources, or None.
 
+    `kind` (`"image"` or `"text"`, optional) is checked on preset-built
+    backbones, so a text preset given to the image encoder fails clearly.
     `backbone` may be a layer or its serialized dict. A dict together with
     `backbone_preset` is what `backbone_get_config` writes for a preset-built
     backbone: the dict (the architecture read from the preset) wins and the
@@ -53,8 +116,7 @@ def resolve_backbone(backbone, backbone_class, backbone_kwargs, backbone_preset)
             )
         return cls(**(backbone_kwargs or {}))
     if backbone_preset is not None:
-        check_preset(backbone_preset)
-        return keras_hub.models.Backbone.from_preset(backbone_preset)
+        return _load_preset_backbone(backbone_preset, kind)
     return backbone
 
 

@@ -5,7 +5,21 @@ import keras_hub
 from keras import ops
 
 from mmkeras.layers.backbone_utils import backbone_get_config
+from mmkeras.layers.backbone_utils import preset_pixel_scaling
 from mmkeras.layers.backbone_utils import resolve_backbone
+
+
+def _channel_values(name, value):
+    """A float, or a tuple of 3 per-channel floats (RGB)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 3:
+            raise ValueError(f"`{name}` must be a float or 3 per-channel floats. Received: {name}={value}")
+        return tuple(float(v) for v in value)
+    return float(value)
+
+
+def _config_value(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 @keras.saving.register_keras_serializable(package="mmkeras")
@@ -37,8 +51,11 @@ class ImageEncoder(keras.layers.Layer):
             config keeps the backbone's own config next to this path, so a
             saved model reloads (weights from the `.keras` file) without it.
         backbone_trainable: bool, whether backbone weights are fine-tuned.
-        pixel_scale, pixel_offset: floats; images arrive in `[0, 255]` and are
-            mapped to `images * pixel_scale + pixel_offset` first.
+        pixel_scale, pixel_offset: floats, or one float per channel; images
+            arrive in `[0, 255]` and are mapped to
+            `images * pixel_scale + pixel_offset` first. None (the default):
+            what the preset's image converter does (e.g. `[-1, 1]` for
+            EfficientNet-Lite0, ImageNet mean/std for ResNets), else `[0, 1]`.
         dropout: float, dropout on the output tokens.
         **kwargs: base layer arguments.
 
@@ -50,6 +67,10 @@ class ImageEncoder(keras.layers.Layer):
     Returns:
         A dict with `"tokens"` `(batch, num_tokens, hidden_dim)` and `"pooled"`
         `(batch, hidden_dim)`.
+
+    `call` is `encode_features(features(images))`: the split lets a training
+    pipeline run a frozen `features` once per image and cache its output
+    (models take it as `inputs["image_features"]`, see `encode_inputs`).
 
     Example:
     >>> encoder = ImageEncoder(hidden_dim=16, stem_filters=(8, 16))
@@ -68,8 +89,8 @@ class ImageEncoder(keras.layers.Layer):
         backbone_kwargs=None,
         backbone_preset=None,
         backbone_trainable=True,
-        pixel_scale=1.0 / 255.0,
-        pixel_offset=0.0,
+        pixel_scale=None,
+        pixel_offset=None,
         dropout=0.0,
         **kwargs,
     ):
@@ -92,13 +113,17 @@ class ImageEncoder(keras.layers.Layer):
         self.backbone_kwargs = dict(backbone_kwargs or {})
         self.backbone_preset = backbone_preset
         self.backbone_trainable = backbone_trainable
-        self.pixel_scale = pixel_scale
-        self.pixel_offset = pixel_offset
         self.dropout = dropout
 
         backbone = resolve_backbone(
-            backbone, backbone_class, self.backbone_kwargs, backbone_preset
+            backbone, backbone_class, self.backbone_kwargs, backbone_preset, kind="image"
         )
+        if pixel_scale is None or pixel_offset is None:
+            scale, offset = preset_pixel_scaling(backbone_preset)
+            pixel_scale = scale if pixel_scale is None else pixel_scale
+            pixel_offset = offset if pixel_offset is None else pixel_offset
+        self.pixel_scale = _channel_values("pixel_scale", pixel_scale)
+        self.pixel_offset = _channel_values("pixel_offset", pixel_offset)
         self.backbone = backbone
         if backbone is not None:
             backbone.trainable = backbone_trainable
@@ -183,7 +208,8 @@ class ImageEncoder(keras.layers.Layer):
         self.norm.build(hidden_shape)
         self.built = True
 
-    def call(self, images, training=None):
+    def features(self, images, training=None):
+        """Pixels in `[0, 255]` -> the backbone's (or stem's) feature map or tokens."""
         x = ops.cast(images, self.compute_dtype)
         x = x * ops.cast(self.pixel_scale, x.dtype) + ops.cast(self.pixel_offset, x.dtype)
         if self.backbone is not None:
@@ -193,6 +219,24 @@ class ImageEncoder(keras.layers.Layer):
         else:
             for layer in self.stem:
                 x = layer(x, training=training)
+        return x
+
+    def features_shape(self, images_shape):
+        """Shape of `features(images)` for images of `images_shape`."""
+        return self._features_shape(images_shape)
+
+    def encode_inputs(self, inputs, training=None):
+        """Encodes a model's input dict: `"image_features"` (cached) or `"images"`."""
+        if "image_features" in inputs:
+            return self.encode_features(inputs["image_features"], training=training)
+        return self(inputs["images"], training=training)
+
+    def call(self, images, training=None):
+        return self.encode_features(self.features(images, training=training), training=training)
+
+    def encode_features(self, x, training=None):
+        """`features(images)` -> `{"tokens", "pooled"}`: projection, positions, norm."""
+        x = ops.cast(x, self.compute_dtype)
         if len(x.shape) == 4:
             # A static token count when the grid is static: layers after the
             # encoder (e.g. a graph over the grid) need it at trace time.
@@ -224,8 +268,8 @@ class ImageEncoder(keras.layers.Layer):
                 "backbone_kwargs": self.backbone_kwargs,
                 "backbone_preset": self.backbone_preset,
                 "backbone_trainable": self.backbone_trainable,
-                "pixel_scale": self.pixel_scale,
-                "pixel_offset": self.pixel_offset,
+                "pixel_scale": _config_value(self.pixel_scale),
+                "pixel_offset": _config_value(self.pixel_offset),
                 "dropout": self.dropout,
                 "backbone": backbone_get_config(self.backbone, self.backbone_class),
             }

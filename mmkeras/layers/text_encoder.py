@@ -125,7 +125,7 @@ class TextEncoder(keras.layers.Layer):
         self.backbone_trainable = backbone_trainable
 
         self.backbone = resolve_backbone(
-            backbone, backbone_class, self.backbone_kwargs, backbone_preset
+            backbone, backbone_class, self.backbone_kwargs, backbone_preset, kind="text"
         )
         self.embedding = None
         self.blocks = []

@@ -6,6 +6,10 @@ import tensorflow as tf
 from keras import ops, tree
 
 from mmkeras.data.tokenizer import detokenize_generated
+from mmkeras.models.generation_constraints import block_repeated_ngrams
+from mmkeras.models.generation_constraints import check_generation_options
+from mmkeras.models.generation_constraints import generated_lengths
+from mmkeras.models.generation_constraints import length_normalized
 from mmkeras.layers.image_encoder import ImageEncoder
 from mmkeras.layers.text_decoder import TextDecoder
 from mmkeras.models.replica_utils import scale_for_replicas
@@ -19,6 +23,17 @@ class _FunctionCache:
 
     def __init__(self):
         self.functions = {}
+
+
+def _unknown_token_id(tokenizer):
+    """The tokenizer's out-of-vocabulary id, or None (no tokenizer, or none defined)."""
+    token = getattr(tokenizer, "oov_token", None)
+    if tokenizer is None or token is None:
+        return None
+    try:
+        return int(tokenizer.token_to_id(token))
+    except (KeyError, ValueError):
+        return None
 
 
 @keras.saving.register_keras_serializable(package="mmkeras")
@@ -42,6 +57,8 @@ class ImageCaptioner(keras.Model):
         image_size: int, images are resized to `(image_size, image_size)`
             before the encoder; recorded for preprocessing and export.
         start_token_id, end_token_id, pad_token_id: ints, special token ids.
+            Generation never emits padding, the start token or the
+            tokenizer's out-of-vocabulary token (`[UNK]`).
         **kwargs: base model arguments.
 
     Call arguments:
@@ -90,6 +107,7 @@ class ImageCaptioner(keras.Model):
         self.start_token_id = start_token_id
         self.end_token_id = end_token_id
         self.pad_token_id = pad_token_id
+        self.unk_token_id = _unknown_token_id(tokenizer)
         self.token_accuracy = keras.metrics.SparseCategoricalAccuracy(
             name="token_accuracy"
         )
@@ -121,7 +139,7 @@ class ImageCaptioner(keras.Model):
         )
 
     def call(self, inputs, training=None):
-        image_tokens = self.image_encoder(inputs["images"], training=training)["tokens"]
+        image_tokens = self.image_encoder.encode_inputs(inputs, training=training)["tokens"]
         logits = self.text_decoder(
             inputs["token_ids"],
             image_tokens,
@@ -188,6 +206,9 @@ class ImageCaptioner(keras.Model):
         vocabulary = ops.arange(ops.shape(logits)[-1])[None, :]
         is_pad = ops.equal(vocabulary, self.pad_token_id)
         never = ops.logical_or(is_pad, ops.equal(vocabulary, self.start_token_id))
+        if self.unk_token_id is not None:
+            # "[UNK]" is what a rare training word was replaced with, not a word.
+            never = ops.logical_or(never, ops.equal(vocabulary, self.unk_token_id))
         blocked = ops.cast(-1e9, logits.dtype)
         open_logits = ops.where(never, blocked, logits)
         pad_only = ops.where(is_pad, ops.cast(0.0, logits.dtype), blocked)
@@ -204,13 +225,16 @@ class ImageCaptioner(keras.Model):
         seed=None,
         use_cache=True,
         sampler=None,
+        no_repeat_ngram_size=0,
+        length_penalty=1.0,
     ):
         """Graph-friendly generation body; `generate()` compiles and caches it.
 
         Returns a dict with `"token_ids"` `(batch, max_length)` (starting with
-        the start token, padded after the end token) and `"scores"` `(batch,)`,
-        the mean log-probability per generated token including the end token.
+        the start token, padded after the end token) and `"scores"` `(batch,)`
+        (see `generate()`).
         """
+        check_generation_options(no_repeat_ngram_size, length_penalty)
         if method not in GENERATION_METHODS:
             raise ValueError(
                 f"`method` must be one of {GENERATION_METHODS}. Received: method={method}"
@@ -246,51 +270,72 @@ class ImageCaptioner(keras.Model):
             cache = self.text_decoder.initial_cache(rows, max_length)
             image_cache = self.text_decoder.image_cache(expanded)
 
-            def next_token_logits(prompt, cache, index):
+            def decoder_logits(prompt, cache, index):
                 previous = ops.slice(prompt, [0, index - 1], [ops.shape(prompt)[0], 1])
                 logits, hidden, cache = self.text_decoder.call_with_cache(
                     previous, cache, index - 1, image_cache
                 )
-                logits = self._constrain_logits(logits[:, 0, :], previous[:, 0])
-                return logits, hidden[:, 0, :], cache
+                return logits[:, 0, :], hidden[:, 0, :], cache
 
         else:
             # The baseline the cache is measured against: the whole sequence
             # goes through the decoder again at every step.
             cache = ()
 
-            def next_token_logits(prompt, cache, index):
+            def decoder_logits(prompt, cache, index):
                 logits = self.text_decoder(prompt, expanded, training=False)
-                logits = ops.take(logits, index - 1, axis=1)
-                previous = ops.take(prompt, index - 1, axis=1)
-                return self._constrain_logits(logits, previous), None, cache
+                return ops.take(logits, index - 1, axis=1), None, cache
+
+        def constrain(values, prompt, index):
+            # The n-gram ban goes first: `_constrain_logits` then overrides
+            # finished rows with padding only, so it can never empty them.
+            values = block_repeated_ngrams(
+                values, prompt, index, no_repeat_ngram_size, self.pad_token_id
+            )
+            return self._constrain_logits(values, ops.take(prompt, index - 1, axis=1))
+
+        def next_token_logits(prompt, cache, index):
+            logits, hidden, cache = decoder_logits(prompt, cache, index)
+            return constrain(logits, prompt, index), hidden, cache
 
         if method == "beam":
-            token_ids = self._beam_search(next_token_logits, prompt, cache, beams)
-        else:
-            sampler = sampler or self._sampler(method, num_beams, k, temperature, seed)
-            prompt_mask = ops.concatenate(
-                [ops.ones((rows, 1), "bool"), ops.zeros((rows, max_length - 1), "bool")],
-                axis=1,
+            token_ids, scores = self._beam_search(
+                decoder_logits, constrain, prompt, cache, beams, length_penalty
             )
-            token_ids = sampler(
-                next_token_logits,
-                prompt,
-                cache=cache,
-                index=1,
-                mask=prompt_mask,
-                stop_token_ids=[self.end_token_id],
-            )
-        scores = self._sequence_scores(image_tokens, token_ids)
+            return {"token_ids": token_ids, "scores": scores}
+        sampler = sampler or self._sampler(method, num_beams, k, temperature, seed)
+        prompt_mask = ops.concatenate(
+            [ops.ones((rows, 1), "bool"), ops.zeros((rows, max_length - 1), "bool")],
+            axis=1,
+        )
+        token_ids = sampler(
+            next_token_logits,
+            prompt,
+            cache=cache,
+            index=1,
+            mask=prompt_mask,
+            stop_token_ids=[self.end_token_id],
+        )
+        scores = self._sequence_scores(image_tokens, token_ids, length_penalty)
         return {"token_ids": token_ids, "scores": scores}
 
-    def _beam_search(self, next_token_logits, prompt, cache, num_beams):
+    def _beam_search(self, decoder_logits, constrain, prompt, cache, num_beams, length_penalty):
         """Beam search over `(batch * num_beams, length)` prompts.
 
         keras-hub's `BeamSampler` reorders beams with `take_along_axis`, which
         the TensorFlow backend implements by broadcasting indices to the full
         cache shape: 20x slower than greedy here. Reordering whole rows with
         one `take` (a gather) keeps beam search within a few times greedy.
+
+        A beam's score is the sum of the model's log-probabilities of its
+        tokens up to and including the end token (constraints mask tokens out
+        but do not renormalise, as in Hugging Face), divided by its length **
+        `length_penalty`. Finished beams keep their slot (they continue with
+        padding at log-probability 0) and compete with the live candidates of
+        each step under that same score, live ones at their current length:
+        with a length penalty, comparing raw sums instead would let short
+        finished captions crowd out longer ones that the final ranking
+        prefers. Returns `(token_ids, scores)` of the best beam of each image.
         """
         rows, max_length = ops.shape(prompt)[0], ops.shape(prompt)[1]
         batch = rows // num_beams
@@ -306,11 +351,27 @@ class ImageCaptioner(keras.Model):
             return ops.logical_not(ops.all(done))
 
         def body(prompt, cache, index, log_probs):
-            logits, _, cache = next_token_logits(prompt, cache, index)
+            logits, _, cache = decoder_logits(prompt, cache, index)
             vocabulary = ops.shape(logits)[-1]
-            candidates = ops.log_softmax(logits, axis=-1) + log_probs[:, None]
-            candidates = ops.reshape(candidates, (batch, num_beams * vocabulary))
-            top_scores, top_indices = ops.top_k(candidates, num_beams)
+            step = constrain(ops.log_softmax(ops.cast(logits, "float32"), axis=-1), prompt, index)
+            candidates = step + log_probs[:, None]
+            flat = ops.reshape(candidates, (batch, num_beams * vocabulary))
+            if length_penalty == 0:
+                top_scores, top_indices = ops.top_k(flat, num_beams)
+            else:
+                previous = ops.take(prompt, index - 1, axis=1)
+                finished = ops.logical_or(
+                    ops.equal(previous, self.end_token_id), ops.equal(previous, self.pad_token_id)
+                )
+                # A live beam's candidates hold `index` generated tokens.
+                lengths = ops.where(
+                    finished,
+                    generated_lengths(prompt, self.pad_token_id),
+                    ops.cast(index, "float32"),
+                )
+                ranked = length_normalized(candidates, lengths[:, None], length_penalty)
+                _, top_indices = ops.top_k(ops.reshape(ranked, ops.shape(flat)), num_beams)
+                top_scores = ops.take_along_axis(flat, top_indices, axis=1)
             source_beam = top_indices // vocabulary
             tokens = ops.cast(top_indices % vocabulary, prompt.dtype)
             source = ops.reshape(ops.arange(batch)[:, None] * num_beams + source_beam, (-1,))
@@ -325,11 +386,14 @@ class ImageCaptioner(keras.Model):
             (prompt, cache, ops.convert_to_tensor(1, "int32"), log_probs),
             maximum_iterations=max_length - 1,
         )
-        best = ops.argmax(ops.reshape(log_probs, (batch, num_beams)), axis=1)
+        scores = length_normalized(
+            log_probs, generated_lengths(prompt, self.pad_token_id), length_penalty
+        )
+        best = ops.argmax(ops.reshape(scores, (batch, num_beams)), axis=1)
         best_rows = ops.arange(batch) * num_beams + ops.cast(best, "int32")
-        return ops.take(prompt, best_rows, axis=0)
+        return ops.take(prompt, best_rows, axis=0), ops.take(scores, best_rows, axis=0)
 
-    def _sequence_scores(self, image_tokens, token_ids):
+    def _sequence_scores(self, image_tokens, token_ids, length_penalty=1.0):
         logits = self.text_decoder(token_ids[:, :-1], image_tokens, training=False)
         log_probs = ops.log_softmax(logits, axis=-1)
         targets = token_ids[:, 1:]
@@ -341,7 +405,11 @@ class ImageCaptioner(keras.Model):
             ops.equal(ended_before, 0), ops.not_equal(targets, self.pad_token_id)
         )
         counted = ops.cast(counted, "float32")
-        return ops.sum(picked * counted, axis=1) / ops.maximum(ops.sum(counted, axis=1), 1.0)
+        return length_normalized(
+            ops.sum(ops.cast(picked, "float32") * counted, axis=1),
+            ops.sum(counted, axis=1),
+            length_penalty,
+        )
 
     def generate(
         self,
@@ -353,6 +421,8 @@ class ImageCaptioner(keras.Model):
         temperature=1.0,
         seed=None,
         use_cache=True,
+        no_repeat_ngram_size=0,
+        length_penalty=1.0,
     ):
         """Generates caption token ids for a batch of images.
 
@@ -368,11 +438,27 @@ class ImageCaptioner(keras.Model):
             k, temperature, seed: sampling settings for `"top_k"`.
             use_cache: bool; `False` recomputes the decoder over the whole
                 sequence at each step (for benchmarks and tests only).
+            no_repeat_ngram_size: int; if > 0, a token that would complete an
+                n-gram of this size already in the caption gets logit -1e9
+                (as Hugging Face's option; every method). 0 turns it off.
+            length_penalty: float; captions are scored by summed
+                log-probability / length ** length_penalty, length counting
+                the generated tokens up to and including the end token. Beam
+                search ranks its beams by this score; 1.0 (the default) is the
+                mean per token, 0.0 the raw sum (what beam search ranked by
+                before this option), larger values favour longer captions.
 
         Returns:
-            A dict with `"token_ids"` `(batch, max_length)` and `"scores"`.
+            A dict with `"token_ids"` `(batch, max_length)` (start token first,
+            padding after the end token) and `"scores"` `(batch,)`: that
+            length-penalised log-probability of each returned caption. The
+            log-probabilities are the decoder's own: generation constraints
+            (padding/start never generated, `no_repeat_ngram_size`) mask
+            tokens out without renormalising the others.
         """
-        key = (method, max_length, num_beams, k, temperature, seed, use_cache)
+        check_generation_options(no_repeat_ngram_size, length_penalty)
+        key = (method, max_length, num_beams, k, temperature, seed, use_cache,
+               no_repeat_ngram_size, length_penalty)
         if key not in self._generate_functions.functions:
             # The sampler (and its seed variable) must exist outside the trace.
             sampler = self._sampler(method, num_beams, k, temperature, seed)
@@ -388,6 +474,8 @@ class ImageCaptioner(keras.Model):
                     seed=seed,
                     use_cache=use_cache,
                     sampler=sampler,
+                    no_repeat_ngram_size=no_repeat_ngram_size,
+                    length_penalty=length_penalty,
                 )
 
             self._generate_functions.functions[key] = tf.function(
@@ -405,7 +493,11 @@ class ImageCaptioner(keras.Model):
         )
 
     def caption(self, images, method="greedy", **kwargs):
-        """Returns a list of caption strings for a batch of images."""
+        """Returns a list of caption strings for a batch of images.
+
+        `kwargs` go to `generate()` (`num_beams`, `no_repeat_ngram_size`,
+        `length_penalty`, ...).
+        """
         outputs = self.generate(images, method=method, **kwargs)
         captions = self.detokenize(outputs["token_ids"])
         return [c.decode("utf-8") for c in ops.convert_to_numpy(captions).tolist()]

@@ -52,6 +52,10 @@ class Task:
     data_kinds = ()
     model_name = None
     early_stopping_metric = "val_loss"
+    # Set by the driver before training datasets are built: a frozen image
+    # encoder's feature extractor (`finetune.image_feature_extractor`) whose
+    # output the training stream may cache, or None.
+    image_feature_extractor = None
 
     def __init__(self, cfg, model_dir):
         self.cfg = cfg

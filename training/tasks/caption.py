@@ -16,6 +16,7 @@ from mmkeras.metrics import caption_metrics
 from mmkeras.models import build_image_captioner
 from training import distribute
 from training import loop
+from training.presets import resolve_preset
 from training.tasks.base import DataError
 from training.tasks.base import Task
 
@@ -91,7 +92,7 @@ def build_model(cfg, tokenizer):
         convs_per_stage=image.convs_per_stage,
         backbone_class=image.backbone_class,
         backbone_kwargs=image.backbone_kwargs,
-        backbone_preset=image.backbone_preset,
+        backbone_preset=resolve_preset(image.backbone_preset),
         tokenizer=tokenizer,
         start_token_id=ids["start"],
         end_token_id=ids["end"],
@@ -99,18 +100,20 @@ def build_model(cfg, tokenizer):
     )
 
 
-def generate_captions(model, records, image_size, batch_size, synthetic=None, method="greedy"):
-    """Captions of `records`' images, in order."""
+def generate_captions(model, records, image_size, batch_size, synthetic=None, method="greedy",
+                      **generate_kwargs):
+    """Captions of `records`' images, in order; `generate_kwargs` go to `model.caption`."""
     captions = []
     for images in caption_pipeline.eval_image_dataset(records, image_size, batch_size, synthetic):
-        captions.extend(model.caption(images, method=method))
+        captions.extend(model.caption(images, method=method, **generate_kwargs))
     return captions
 
 
 class CaptionTask(Task):
     """Image captioning: `ImageCaptioner` on caption data, BLEU/ROUGE-L/CIDEr-D.
 
-    Writes `vocabulary.txt` (WordPiece, learned from the training captions),
+    Writes `vocabulary.txt` (whole words or WordPiece pieces, learned from the
+    training captions: `caption.vocabulary`),
     `data_report.json` and `samples.json`; exports `serving_default` (greedy)
     and `beam_search`.
     """
@@ -126,7 +129,10 @@ class CaptionTask(Task):
         logging.info("Data %s: %s", data_cfg.spec, report.summary())
 
         train_captions = [c for r in self.splits["train"] for c in r.captions]
-        vocabulary = learn_vocabulary(train_captions, data_cfg.vocabulary_size)
+        vocabulary = learn_vocabulary(
+            train_captions, data_cfg.vocabulary_size, level=self.cfg.caption.vocabulary,
+            min_count=self.cfg.caption.min_word_count,
+        )
         self.vocabulary_file = os.path.join(self.model_dir, "vocabulary.txt")
         with open(self.vocabulary_file, "w", encoding="utf-8") as f:
             f.write("\n".join(vocabulary) + "\n")
@@ -152,7 +158,7 @@ class CaptionTask(Task):
         spec = parse_data_spec(data_cfg.spec, self.data_kinds)
         self.sharded_dir = spec.path if spec.kind == "tfrecord" else None
 
-    def _dataset(self, records, batch_size, training):
+    def _dataset(self, records, batch_size, training, feature_extractor=None):
         data_cfg = self.cfg.data
         return caption_pipeline.caption_dataset(
             records, self.tokenizer, data_cfg.image_size, data_cfg.sequence_length, batch_size,
@@ -160,10 +166,13 @@ class CaptionTask(Task):
             # Evaluation keeps the pipeline's defaults: every image once, cached.
             augment=data_cfg.augment and training, cache=data_cfg.cache or not training,
             skip_bad_examples=data_cfg.skip_bad_examples and training,
+            feature_extractor=feature_extractor,
         )
 
     def global_train_dataset(self):
-        return self._dataset(self.splits["train"], self.cfg.data.batch_size, training=True)
+        # Sharded TFRecords (train_dataset below) stream images: no feature cache.
+        return self._dataset(self.splits["train"], self.cfg.data.batch_size, training=True,
+                             feature_extractor=self.image_feature_extractor)
 
     def train_dataset(self, strategy, examples_seen):
         if not self.sharded_dir:
@@ -194,7 +203,13 @@ class CaptionTask(Task):
         return {"image_encoder": model.image_encoder}
 
     def evaluate(self, model, strategy):
-        """Caption metrics of greedy captions plus teacher-forced token accuracy."""
+        """Caption metrics of greedy captions plus teacher-forced token accuracy.
+
+        With `caption.eval_beam`, the same metrics of beam-search captions
+        (`caption.num_beams`, `caption.length_penalty`) come under `beam_`
+        keys (`beam_bleu_4`, `beam_cider`, ...) and in samples as `"beam"`.
+        Both decode with `caption.no_repeat_ngram_size`, as the export does.
+        """
         cfg = self.cfg
         test_records = self.splits["test"]
         if cfg.eval.max_images:
@@ -206,17 +221,31 @@ class CaptionTask(Task):
             # Token accuracy needed every worker (its metrics are all-reduced);
             # generating captions only reads local variables, so the chief does it.
             return {"token_accuracy": round(float(token_metrics["token_accuracy"]), 6)}
+        caption_cfg = cfg.caption
         predictions = generate_captions(
-            model, test_records, cfg.data.image_size, cfg.eval.batch_size, self.synthetic
+            model, test_records, cfg.data.image_size, cfg.eval.batch_size, self.synthetic,
+            no_repeat_ngram_size=caption_cfg.no_repeat_ngram_size,
         )
         references = [list(r.captions) for r in test_records]
         results = caption_metrics(predictions, references)
+        beam_predictions = None
+        if caption_cfg.eval_beam:
+            beam_predictions = generate_captions(
+                model, test_records, cfg.data.image_size, cfg.eval.batch_size, self.synthetic,
+                method="beam", num_beams=caption_cfg.num_beams,
+                no_repeat_ngram_size=caption_cfg.no_repeat_ngram_size,
+                length_penalty=caption_cfg.length_penalty,
+            )
+            beam_metrics = caption_metrics(beam_predictions, references)
+            results.update({f"beam_{k}": v for k, v in beam_metrics.items()})
         results["token_accuracy"] = float(token_metrics["token_accuracy"])
         results["num_test_images"] = len(test_records)
-        samples = [
-            {"image": r.image, "generated": p, "references": list(r.captions)}
-            for r, p in list(zip(test_records, predictions))[: max(cfg.eval.num_samples, 0)]
-        ]
+        samples = []
+        for i, (r, p) in enumerate(list(zip(test_records, predictions))[: max(cfg.eval.num_samples, 0)]):
+            sample = {"image": r.image, "generated": p}
+            if beam_predictions is not None:
+                sample["beam"] = beam_predictions[i]
+            samples.append({**sample, "references": list(r.captions)})
         self.write_json("samples.json", samples)
         for s in samples[:5]:
             logging.info("%s -> %r (ref %r)", s["image"], s["generated"], s["references"][0])
@@ -228,6 +257,8 @@ class CaptionTask(Task):
         return export_captioner(
             model, export_dir, self.export_name, self.cfg.export.version or None,
             vocabulary_file=self.vocabulary_file, num_beams=self.cfg.caption.num_beams,
+            no_repeat_ngram_size=self.cfg.caption.no_repeat_ngram_size,
+            length_penalty=self.cfg.caption.length_penalty,
         )
 
     def assets(self):

@@ -32,6 +32,7 @@ from mmkeras.metrics.plots import plot_confusion_matrix
 from mmkeras.models.fusion_classifier import build_fusion_classifier
 from training import distribute
 from training import loop
+from training.presets import resolve_preset
 from training.tasks.base import ConfigError
 from training.tasks.base import DataError
 from training.tasks.base import Task
@@ -116,7 +117,7 @@ class ClassifyTask(Task):
         self.labels_file = os.path.join(self.model_dir, "labels.txt")
         with open(self.labels_file, "w", encoding="utf-8") as f:
             f.write("\n".join(self.label_names) + "\n")
-        preset = cfg.model.text_encoder.backbone_preset
+        preset = resolve_preset(cfg.model.text_encoder.backbone_preset)
         self.vocabulary_file = None
         if preset:
             # The backbone was trained with its own tokenizer; a learned
@@ -160,17 +161,19 @@ class ClassifyTask(Task):
         majority = max(train_counts, key=train_counts.get)
         return round(sum(r.labels[0] == majority for r in test_records) / len(test_records), 6)
 
-    def dataset(self, records, batch_size, training):
+    def dataset(self, records, batch_size, training, feature_extractor=None):
         data_cfg = self.cfg.data
         return classification_dataset(
             records, self.label_names, self.text_preprocessor, data_cfg.image_size, batch_size,
             training=training, multi_label=self.data.multi_label, seed=self.cfg.train.seed,
             synthetic=self.data.synthetic, augment=data_cfg.augment and training,
             cache=data_cfg.cache or not training, skip_bad_examples=data_cfg.skip_bad_examples,
+            feature_extractor=feature_extractor,
         )
 
     def global_train_dataset(self):
-        return self.dataset(self._train_records(), self.cfg.data.batch_size, training=True)
+        return self.dataset(self._train_records(), self.cfg.data.batch_size, training=True,
+                            feature_extractor=self.image_feature_extractor)
 
     def _train_records(self):
         return getattr(self, "_cv_train_records", None) or self.splits["train"]
@@ -199,6 +202,7 @@ class ClassifyTask(Task):
             fusion_bidirectional=model_cfg.fusion_bidirectional,
             gcn_cross_modal_edges=model_cfg.gcn_cross_modal_edges,
             modality_dropout=model_cfg.modality_dropout,
+            head_hidden_dim=model_cfg.head_hidden_dim,
             label_names=self.label_names,
             multi_label=self.data.multi_label,
             text_preprocessor=self.text_preprocessor,
@@ -207,14 +211,14 @@ class ClassifyTask(Task):
                 "convs_per_stage": image.convs_per_stage,
                 "backbone_class": image.backbone_class,
                 "backbone_kwargs": image.backbone_kwargs,
-                "backbone_preset": image.backbone_preset,
+                "backbone_preset": resolve_preset(image.backbone_preset),
             },
             text_encoder_kwargs={
                 "num_layers": text.num_layers,
                 "pooling": text.pooling,
                 "backbone_class": text.backbone_class,
                 "backbone_kwargs": text.backbone_kwargs,
-                "backbone_preset": text.backbone_preset,
+                "backbone_preset": resolve_preset(text.backbone_preset),
             },
         )
 
