@@ -304,3 +304,14 @@ def test_public_api():
     assert {"bleu", "caption_metrics", "cider", "normalize_caption", "rouge_l"} <= set(metrics.__all__)
     for name in metrics.__all__:
         assert callable(getattr(metrics, name)), name
+
+
+def test_novel_word_rate_counts_words_outside_the_training_words():
+    from mmkeras.data.tokenizer import split_words
+    from mmkeras.metrics.caption_metrics import caption_words, novel_word_rate
+
+    known = caption_words(["A man in a t-shirt.", "the dog's ball"], split_words)
+    # Detokenized word-level captions: tokens joined by spaces.
+    assert novel_word_rate(["a man in a t - shirt", "the dog ' s ball"], known) == 0.0
+    assert novel_word_rate(["a man in a murocrocram"], known) == pytest.approx(1 / 5)
+    assert novel_word_rate(["", "  "], known) == 0.0

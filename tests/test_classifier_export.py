@@ -152,6 +152,37 @@ FRESH_PROCESS = textwrap.dedent(
 
 
 def test_fresh_process_matches_in_memory_model(trained, tmp_path):
+    _assert_fresh_process_matches(trained, tmp_path)
+
+
+def test_text_preset_classifier_exports_its_wordpiece_tokenizer_without_the_preset(tmp_path):
+    # A keras-hub BERT preset (random weights) as the text tower: its own
+    # WordPiece tokenizer runs inside the export, and neither the .keras file
+    # nor the SavedModel needs the preset folder afterwards.
+    import shutil
+
+    import keras
+    import keras_hub
+
+    words = "what which is there a the shape color colour of in left right above below circle square triangle"
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "?"] + sorted(set(words.split()))
+    preset_dir = tmp_path / "bert_preset"
+    keras_hub.models.BertBackbone(vocabulary_size=len(vocabulary), num_layers=1, num_heads=2, hidden_dim=16,
+                                  intermediate_dim=32, max_sequence_length=16).save_to_preset(str(preset_dir))
+    keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=True).save_to_preset(str(preset_dir))
+    run = _run_classifier(tmp_path / "run_root", [
+        "train.steps=4", "classify.ablation=false", f"model.text_encoder.backbone_preset={preset_dir}",
+    ])
+    assert isinstance(run["model"].text_preprocessor.tokenizer, keras_hub.models.BertTokenizer)
+    shutil.rmtree(preset_dir)
+    _assert_fresh_process_matches(run, tmp_path)
+    restored = keras.saving.load_model(os.path.join(run["model_dir"], "model.keras"))
+    images, texts = tf.constant(run["pngs"]), tf.constant(run["texts"])
+    np.testing.assert_allclose(restored.probabilities_from_raw(images, texts).numpy(),
+                               run["model"].probabilities_from_raw(images, texts).numpy(), atol=1e-5)
+
+
+def _assert_fresh_process_matches(trained, tmp_path):
     model, texts = trained["model"], trained["texts"]
     inputs = {
         "jpeg": [b.hex() for b in trained["jpegs"]],

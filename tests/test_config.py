@@ -26,7 +26,7 @@ def test_default_experiments_match_their_tasks():
 
 
 def test_data_sets_with_their_own_experiment_pick_it():
-    assert config_lib.default_experiment("vqa", "easy_vqa") == "vqa_easy_vqa"
+    assert config_lib.default_experiment("vqa", "easy_vqa") == "vqa_easy_vqa_pretrained"
     assert config_lib.default_experiment("classify", "flickr8k_match:/d") == "classify_flickr8k_match"
     assert config_lib.default_experiment("caption", "flickr8k:/d") == "caption_flickr8k"
     assert config_lib.default_experiment("vqa", "csv:m.csv") == "vqa_synthetic"

@@ -125,3 +125,36 @@ def caption_metrics(predictions, references, normalize=True):
     metrics["cider"] = float(cider(predictions, references))
     metrics["meteor"] = float(meteor(predictions, references))
     return metrics
+
+
+def novel_word_rate(predictions, known_words):
+    """Fraction of the words of `predictions` that are not in `known_words`.
+
+    With `known_words` the words of the training captions, a captioner that
+    strings sub-word pieces into non-words ("a murocrocram") scores above 0;
+    one that generates from a vocabulary of training words scores 0. Words
+    are those of `normalize_caption` (lowercase, no punctuation): build
+    `known_words` the same way, from the captions as the tokenizer splits
+    them (`caption_words`), so "t-shirt" in training matches a generated
+    "t - shirt".
+
+    Args:
+        predictions: list of generated captions.
+        known_words: set of words.
+
+    Returns:
+        A float in `[0, 1]` (0.0 when the predictions have no words).
+
+    Example:
+    >>> novel_word_rate(["a dog runs", "a dgo"], {"a", "dog", "runs", "cat"})
+    0.2
+    """
+    words = [w for p in predictions for w in normalize_caption(p).split()]
+    if not words:
+        return 0.0
+    return sum(w not in known_words for w in words) / len(words)
+
+
+def caption_words(captions, split):
+    """The set of `normalize_caption` words of `captions` after `split` (a word splitter)."""
+    return {w for caption in captions for w in normalize_caption(" ".join(split(caption))).split()}

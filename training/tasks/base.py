@@ -54,7 +54,8 @@ class Task:
     early_stopping_metric = "val_loss"
     # Set by the driver before training datasets are built: a frozen image
     # encoder's feature extractor (`finetune.image_feature_extractor`) whose
-    # output the training stream may cache, or None.
+    # output the task's datasets may cache (training, and for classifiers
+    # evaluation too), or None.
     image_feature_extractor = None
 
     def __init__(self, cfg, model_dir):

@@ -11,8 +11,10 @@ from mmkeras.data.caption_formats import load_caption_data
 from mmkeras.data.data_spec import parse_data_spec
 from mmkeras.data.records import LoadReport
 from mmkeras.data.synthetic_captions import SyntheticCaptions
-from mmkeras.data.tokenizer import build_tokenizer, learn_vocabulary, special_token_ids
+from mmkeras.data.tokenizer import build_tokenizer, learn_vocabulary, special_token_ids, split_words
 from mmkeras.metrics import caption_metrics
+from mmkeras.metrics.caption_metrics import caption_words
+from mmkeras.metrics.caption_metrics import novel_word_rate
 from mmkeras.models import build_image_captioner
 from training import distribute
 from training import loop
@@ -209,6 +211,8 @@ class CaptionTask(Task):
         (`caption.num_beams`, `caption.length_penalty`) come under `beam_`
         keys (`beam_bleu_4`, `beam_cider`, ...) and in samples as `"beam"`.
         Both decode with `caption.no_repeat_ngram_size`, as the export does.
+        `novel_word_rate`: the fraction of generated words that occur in no
+        training caption (0 with `caption.vocabulary=word`).
         """
         cfg = self.cfg
         test_records = self.splits["test"]
@@ -228,6 +232,9 @@ class CaptionTask(Task):
         )
         references = [list(r.captions) for r in test_records]
         results = caption_metrics(predictions, references)
+        # As the tokenizer splits them: generated captions are its tokens joined by spaces.
+        train_words = caption_words((c for r in self.splits["train"] for c in r.captions), split_words)
+        results["novel_word_rate"] = novel_word_rate(predictions, train_words)
         beam_predictions = None
         if caption_cfg.eval_beam:
             beam_predictions = generate_captions(
@@ -237,6 +244,7 @@ class CaptionTask(Task):
                 length_penalty=caption_cfg.length_penalty,
             )
             beam_metrics = caption_metrics(beam_predictions, references)
+            beam_metrics["novel_word_rate"] = novel_word_rate(beam_predictions, train_words)
             results.update({f"beam_{k}": v for k, v in beam_metrics.items()})
         results["token_accuracy"] = float(token_metrics["token_accuracy"])
         results["num_test_images"] = len(test_records)

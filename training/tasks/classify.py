@@ -161,19 +161,24 @@ class ClassifyTask(Task):
         majority = max(train_counts, key=train_counts.get)
         return round(sum(r.labels[0] == majority for r in test_records) / len(test_records), 6)
 
-    def dataset(self, records, batch_size, training, feature_extractor=None):
+    def dataset(self, records, batch_size, training):
+        """Batches of `records`; with a frozen image encoder, of its cached features.
+
+        Evaluation uses the cache too: the frozen encoder gives the same
+        features (inference mode), and each distinct image is encoded once
+        instead of once per question (easy-vqa: ~10 per image).
+        """
         data_cfg = self.cfg.data
         return classification_dataset(
             records, self.label_names, self.text_preprocessor, data_cfg.image_size, batch_size,
             training=training, multi_label=self.data.multi_label, seed=self.cfg.train.seed,
             synthetic=self.data.synthetic, augment=data_cfg.augment and training,
             cache=data_cfg.cache or not training, skip_bad_examples=data_cfg.skip_bad_examples,
-            feature_extractor=feature_extractor,
+            feature_extractor=self.image_feature_extractor,
         )
 
     def global_train_dataset(self):
-        return self.dataset(self._train_records(), self.cfg.data.batch_size, training=True,
-                            feature_extractor=self.image_feature_extractor)
+        return self.dataset(self._train_records(), self.cfg.data.batch_size, training=True)
 
     def _train_records(self):
         return getattr(self, "_cv_train_records", None) or self.splits["train"]
