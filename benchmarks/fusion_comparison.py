@@ -28,7 +28,6 @@ Writes `<output_dir>/fusion_comparison.md` and `.csv` and `logs/<fusion>.log`,
 prints the Markdown table and ends with one JSON line of all figures.
 """
 
-import csv
 import datetime
 import json
 import os
@@ -42,7 +41,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from benchmarks.training_runs import output_dirs, train_run  # noqa: E402
+from benchmarks.training_runs import output_dirs, train_run, write_table  # noqa: E402
 
 # The same list as mmkeras.layers.FUSION_LAYERS (checked in main); kept here
 # so that --help does not import TensorFlow.
@@ -225,13 +224,7 @@ def main(argv):
         f"date: {started.strftime('%Y-%m-%d %H:%M UTC')}",
     ]
     text = markdown(header, rows)
-    with open(os.path.join(output_dir, "fusion_comparison.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(output_dir, "fusion_comparison.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    print(text)
+    write_table(output_dir, "fusion_comparison", text, COLUMNS, rows)
     figures = {
         "benchmark": "fusion_comparison", "experiment": FLAGS.experiment, "data": FLAGS.data,
         "minutes": FLAGS.minutes, "steps": steps, "seed": FLAGS.seed, "cpu_count": os.cpu_count(),

@@ -5,6 +5,7 @@ the other: each returns its memory and shares no warmed-up state, and no run
 resumes another's checkpoints (its model directory is deleted first).
 """
 
+import csv
 import json
 import os
 import shutil
@@ -59,3 +60,14 @@ def output_dirs(output_dir):
     os.makedirs(runs_dir, exist_ok=True)
     os.makedirs(logs_dir, exist_ok=True)
     return output_dir, runs_dir, logs_dir
+
+
+def write_table(output_dir, name, markdown_text, columns, rows):
+    """Writes `<name>.md` and `<name>.csv` (one row a dict of `columns`) and prints the Markdown."""
+    with open(os.path.join(output_dir, f"{name}.md"), "w") as f:
+        f.write(markdown_text)
+    with open(os.path.join(output_dir, f"{name}.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    print(markdown_text)

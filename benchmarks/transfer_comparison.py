@@ -25,7 +25,6 @@ Writes `<output_dir>/transfer_comparison.md` and `.csv` and `logs/<variant>.log`
 prints the Markdown table and ends with one JSON line of all figures.
 """
 
-import csv
 import datetime
 import json
 import os
@@ -38,7 +37,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from benchmarks.training_runs import output_dirs, train_run  # noqa: E402
+from benchmarks.training_runs import output_dirs, train_run, write_table  # noqa: E402
 
 VARIANTS = ("scratch", "frozen", "top", "full")
 
@@ -131,13 +130,7 @@ def main(argv):
               "|" + "|".join("---" if c in ("variant", "stopped by") else "---:" for c in COLUMNS) + "|"]
     lines += ["| " + " | ".join(cell(r[c]) for c in COLUMNS) + " |" for r in rows]
     text = "\n".join(lines) + "\n"
-    with open(os.path.join(output_dir, "transfer_comparison.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(output_dir, "transfer_comparison.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    print(text)
+    write_table(output_dir, "transfer_comparison", text, COLUMNS, rows)
     print(json.dumps({"benchmark": "transfer_comparison", "minutes": FLAGS.minutes, "seed": FLAGS.seed,
                       "date": started.isoformat(timespec="seconds"), "rows": rows}, sort_keys=True))
 

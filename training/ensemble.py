@@ -217,6 +217,8 @@ def evaluate_ensemble(ensemble, predictions, targets):
     """
     import keras
 
+    from mmkeras.metrics import classification as classification_metrics
+
     label_names = list(ensemble.label_names or [str(i) for i in range(ensemble.num_classes)])
     report = _report(ensemble, targets, combine(ensemble, predictions["full"]), label_names)
     results = {
@@ -225,12 +227,7 @@ def evaluate_ensemble(ensemble, predictions, targets):
         "weighted_f1": report["weighted_f1"],
         "num_test_examples": int(len(targets)),
     }
-    for key in ("micro_f1", "hamming_accuracy"):
-        if key in report:
-            results[key] = report[key]
-    for label, row in report["per_class"].items():
-        for key in ("precision", "recall", "f1", "support"):
-            results[f"{key}/{label}"] = row[key]
+    results.update(classification_metrics.flat_report_metrics(report))
     for name in sorted(k for k in predictions if k != "full"):
         ablated = combine(ensemble, predictions[name])
         results[f"accuracy_{name}"] = _report(ensemble, targets, ablated, label_names)["accuracy"]

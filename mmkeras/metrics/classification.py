@@ -412,6 +412,24 @@ def top_confusions(matrix, label_names, k=5):
     ]
 
 
+def flat_report_metrics(report):
+    """The optional and per-class entries of a report as flat `eval_metrics.json` keys.
+
+    Returns `micro_f1` / `hamming_accuracy` when present (multi-label) and
+    `precision/<label>`, `recall/<label>`, `f1/<label>`, `support/<label>`.
+
+    Example:
+    >>> report = classification_report([0, 1], [0, 0], ["cat", "dog"])
+    >>> flat_report_metrics(report)["support/dog"]
+    1
+    """
+    flat = {key: report[key] for key in ("micro_f1", "hamming_accuracy") if key in report}
+    for label, row in report["per_class"].items():
+        for key in ("precision", "recall", "f1", "support"):
+            flat[f"{key}/{label}"] = row[key]
+    return flat
+
+
 def format_report(report, digits=4):
     """A text table of a report, laid out like sklearn's `classification_report`.
 

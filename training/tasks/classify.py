@@ -350,12 +350,7 @@ class ClassifyTask(Task):
         }
         if thresholds is not None:
             results["thresholds"] = thresholds
-        for key in ("micro_f1", "hamming_accuracy"):
-            if key in report:
-                results[key] = report[key]
-        for label, row in report["per_class"].items():
-            for key in ("precision", "recall", "f1", "support"):
-                results[f"{key}/{label}"] = row[key]
+        results.update(classification_metrics.flat_report_metrics(report))
         if cfg.classify.ablation:
             for name, (image_present, text_present) in ABLATIONS.items():
                 ablated, _ = self._report(targets, self.predict(model, test_records, image_present, text_present),
