@@ -7,8 +7,10 @@ from mmkeras import data, layers, metrics, models
 from mmkeras.layers import CrossModalAttention, ImageEncoder, TextDecoder, TextEncoder
 from mmkeras.models import (
     ClassifierEnsemble,
+    DualEncoder,
     FusionClassifier,
     ImageCaptioner,
+    build_dual_encoder,
     build_fusion_classifier,
     build_image_captioner,
 )
@@ -18,11 +20,13 @@ __version__ = "0.1.0"
 __all__ = [
     "ClassifierEnsemble",
     "CrossModalAttention",
+    "DualEncoder",
     "FusionClassifier",
     "ImageCaptioner",
     "ImageEncoder",
     "TextDecoder",
     "TextEncoder",
+    "build_dual_encoder",
     "build_fusion_classifier",
     "build_image_captioner",
     "data",

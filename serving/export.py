@@ -272,6 +272,48 @@ def export_classifier(model, export_dir, model_name="classifier", version=None, 
     return path
 
 
+def dual_encoder_endpoints(model):
+    """The serving functions of a `DualEncoder`: `embed_images` and `embed_texts`.
+
+    Both return `embeddings` (tf.float32 `[batch, projection_dim]`, unit
+    norm), so a client's dot product of an image and a text embedding is the
+    model's cosine similarity.
+    """
+
+    def images_endpoint(images):
+        images = check_image_bytes(images)
+        return {"embeddings": tf.cast(model.embed_raw_images(images), tf.float32)}
+
+    def texts_endpoint(texts):
+        return {"embeddings": tf.cast(model.embed_raw_texts(check_texts(texts)), tf.float32)}
+
+    return {"embed_images": images_endpoint, "embed_texts": texts_endpoint}
+
+
+DUAL_ENCODER_SIGNATURES = {"embed_images": [IMAGES_SPEC], "embed_texts": [TEXTS_SPEC]}
+
+
+def export_dual_encoder(model, export_dir, model_name="dual_encoder", version=None, assets=()):
+    """Exports a `DualEncoder` to `<export_dir>/<model_name>/<version>/`.
+
+    Signatures: `embed_images`: `images` (tf.string `[batch]`, encoded
+    JPEG/PNG) -> `embeddings`; `embed_texts`: `texts` (tf.string `[batch]`,
+    UTF-8) -> `embeddings` (see `dual_encoder_endpoints`). Decoding,
+    resizing and tokenization run in the graph. `serving_default` is
+    `embed_images` (Keras' export makes the first endpoint the default), so
+    a request for texts names `embed_texts`.
+    """
+    if model.text_preprocessor is None:
+        raise ValueError("Cannot export a DualEncoder without its text preprocessor.")
+    path = write_saved_model(
+        os.path.join(export_dir, model_name), version, track=[model],
+        endpoints=dual_encoder_endpoints(model), assets=list(assets),
+        input_signatures=DUAL_ENCODER_SIGNATURES,
+    )
+    write_serving_config(export_dir, model_name)
+    return path
+
+
 def write_serving_config(export_dir, model_name):
     """Adds `model_name` to TF Serving's `models.config` and writes batching parameters."""
     model_config.write_models_config(export_dir, {model_name: None})
@@ -284,11 +326,18 @@ def export_model(model, export_dir, model_name=None, version=None, vocabulary_fi
     from mmkeras.models import FusionClassifier
     from mmkeras.models import ImageCaptioner
 
+    from mmkeras.models.dual_encoder import DualEncoder
+
+    if isinstance(model, DualEncoder):
+        return export_dual_encoder(model, export_dir, model_name or "dual_encoder", version,
+                                   [vocabulary_file] if vocabulary_file else [])
     if isinstance(model, ImageCaptioner):
-        return export_captioner(model, export_dir, model_name or "captioner", version, vocabulary_file)
+        return export_captioner(model, export_dir, model_name or "captioner", version, vocabulary_file,
+                                max_pixels=max_pixels)
     if isinstance(model, FusionClassifier) or hasattr(model, "probabilities_from_raw"):
         assets = [vocabulary_file] if vocabulary_file else []
-        return export_classifier(model, export_dir, model_name or "classifier", version, assets)
+        return export_classifier(model, export_dir, model_name or "classifier", version, assets,
+                                 max_pixels=max_pixels)
     raise ValueError(
         f"Cannot export a {type(model).__name__}: no serving signatures are defined for it."
     )

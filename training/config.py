@@ -45,6 +45,7 @@ class ImageEncoderConfig:
 
     stem_filters: typing.Tuple[int, ...] = (32, 64, 128)
     convs_per_stage: int = 2
+    stem_norm: str = "batch"  # Or "group" (no batch statistics; what contrastive training wants).
     backbone_class: typing.Optional[str] = None
     backbone_kwargs: typing.Dict[str, typing.Any] = dataclasses.field(default_factory=dict)
     backbone_preset: typing.Optional[str] = None
@@ -95,6 +96,13 @@ class ModelConfig:
     gcn_cross_modal_edges: str = "full"
     modality_dropout: float = 0.0
     head_hidden_dim: int = 0  # classify/vqa: a GELU hidden layer of that width in the head (0: linear).
+    # Transfer (every task whose model has the towers): a trained run's
+    # `model.keras` (`--init_from=MODEL_DIR`) gives the image and text
+    # encoders their weights; `lora_rank` > 0 then trains low-rank adapters
+    # of the loaded towers' Dense/EinsumDense/Embedding kernels instead of
+    # the towers themselves (Hu et al., 2021).
+    init_from: str = ""
+    lora_rank: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,6 +185,27 @@ class ClassifyConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ContrastiveConfig:
+    """Settings of the `contrastive` task only (`mmkeras.models.DualEncoder`).
+
+    `loss` is `infonce` (CLIP) or `sigmoid` (SigLIP); `logit_scale_init` 0
+    takes the loss's default (1/0.07, or 10 for sigmoid). Zero-shot
+    classification (`zero_shot`) embeds every label in each of its prompt
+    templates, averages them, and classifies images by cosine similarity:
+    on the synthetic data's single-shape test images (shape and colour) and
+    on easy-vqa test images (shape and colour answers); `zero_shot_images`
+    caps the easy-vqa images.
+    """
+
+    loss: str = "infonce"
+    projection_dim: int = 128
+    logit_scale_init: float = 0.0
+    zero_shot: bool = True
+    zero_shot_images: int = 300
+    num_retrieval_samples: int = 12  # Queries written to retrieval_samples.json (with top-5 images).
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     task: str = "caption"
     data: DataConfig = DataConfig()
@@ -186,6 +215,7 @@ class ExperimentConfig:
     export: ExportConfig = ExportConfig()
     caption: CaptionConfig = CaptionConfig()
     classify: ClassifyConfig = ClassifyConfig()
+    contrastive: ContrastiveConfig = ContrastiveConfig()
 
 
 def caption_synthetic():
@@ -370,6 +400,70 @@ def vqa_tiny():
     return dataclasses.replace(classify_tiny(), task="vqa")
 
 
+def contrastive_synthetic():
+    """Dual encoder (CLIP-style InfoNCE) on the built-in synthetic shapes, from scratch."""
+    return ExperimentConfig(
+        task="contrastive",
+        data=DataConfig(image_size=64, sequence_length=24, vocabulary_size=500, batch_size=128),
+        model=ModelConfig(
+            hidden_dim=128, num_heads=4, intermediate_dim=256, dropout=0.0,
+            image_encoder=ImageEncoderConfig(stem_filters=(32, 64, 128), convs_per_stage=1, stem_norm="group"),
+            text_encoder=TextEncoderConfig(num_layers=2),
+        ),
+        train=TrainConfig(steps=1500, max_minutes=10.0, learning_rate=2e-3, warmup_steps=100,
+                          steps_per_epoch=250, checkpoint_every=250),
+        eval=EvalConfig(batch_size=250),
+    )
+
+
+def contrastive_flickr8k_pretrained():
+    """Dual encoder on Flickr8k: frozen ImageNet EfficientNet-Lite0 (LiT) + fine-tuned MiniLM.
+
+    Locked-image tuning (Zhai et al., 2022): the image tower stays frozen, so
+    its 7x7 features are computed once and cached, and the budget trains the
+    MiniLM text tower and both projections.
+    """
+    return ExperimentConfig(
+        task="contrastive",
+        data=DataConfig(spec="flickr8k:../shared/data/flickr8k-1k", image_size=224, sequence_length=32,
+                        batch_size=64),
+        model=ModelConfig(
+            hidden_dim=256, dropout=0.1,
+            image_encoder=ImageEncoderConfig(backbone_preset="efficientnet_lite0_imagenet", trainable="none"),
+            text_encoder=TextEncoderConfig(backbone_preset="minilm_l6", trainable="all"),
+        ),
+        train=TrainConfig(steps=600, max_minutes=10.0, learning_rate=1e-4, warmup_steps=50,
+                          steps_per_epoch=100, checkpoint_every=100),
+        eval=EvalConfig(batch_size=50),
+        contrastive=ContrastiveConfig(projection_dim=256),
+    )
+
+
+def contrastive_flickr8k():
+    """`contrastive_flickr8k_pretrained` from random towers (the baseline of the bar)."""
+    base = contrastive_flickr8k_pretrained()
+    return dataclasses.replace(
+        base,
+        data=dataclasses.replace(base.data, image_size=128, vocabulary_size=3000, augment=True),
+        model=ModelConfig(
+            hidden_dim=192, num_heads=4, intermediate_dim=512, dropout=0.1,
+            image_encoder=ImageEncoderConfig(stem_filters=(32, 64, 128, 192), convs_per_stage=1,
+                                             stem_norm="group"),
+            text_encoder=TextEncoderConfig(num_layers=2),
+        ),
+        train=dataclasses.replace(base.train, steps=2500, learning_rate=1e-3),
+    )
+
+
+def contrastive_tiny():
+    """Seconds-long dual encoder run for tests and smoke checks."""
+    return dataclasses.replace(
+        caption_tiny(), task="contrastive",
+        model=dataclasses.replace(caption_tiny().model, text_encoder=TextEncoderConfig(num_layers=1)),
+        contrastive=ContrastiveConfig(projection_dim=16, zero_shot_images=20, num_retrieval_samples=3),
+    )
+
+
 EXPERIMENTS = {
     "caption_synthetic": caption_synthetic,
     "caption_flickr8k": caption_flickr8k,
@@ -378,6 +472,10 @@ EXPERIMENTS = {
     "classify_synthetic": classify_synthetic,
     "classify_flickr8k_match": classify_flickr8k_match,
     "classify_tiny": classify_tiny,
+    "contrastive_flickr8k": contrastive_flickr8k,
+    "contrastive_flickr8k_pretrained": contrastive_flickr8k_pretrained,
+    "contrastive_synthetic": contrastive_synthetic,
+    "contrastive_tiny": contrastive_tiny,
     "vqa_synthetic": vqa_synthetic,
     "vqa_easy_vqa": vqa_easy_vqa,
     "vqa_easy_vqa_pretrained": vqa_easy_vqa_pretrained,
@@ -385,12 +483,14 @@ EXPERIMENTS = {
 }
 
 # The experiment a task starts from when --experiment is not given...
-DEFAULT_EXPERIMENTS = {"caption": "caption_synthetic", "classify": "classify_synthetic", "vqa": "vqa_synthetic"}
+DEFAULT_EXPERIMENTS = {"caption": "caption_synthetic", "classify": "classify_synthetic", "vqa": "vqa_synthetic",
+                       "contrastive": "contrastive_synthetic"}
 # ... unless --data names a data set that has its own experiment.
 DATA_EXPERIMENTS = {
     ("caption", "flickr8k"): "caption_flickr8k",
     ("classify", "flickr8k_match"): "classify_flickr8k_match",
     ("vqa", "easy_vqa"): "vqa_easy_vqa_pretrained",
+    ("contrastive", "flickr8k"): "contrastive_flickr8k_pretrained",
 }
 
 

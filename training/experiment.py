@@ -4,7 +4,8 @@
 
 The same steps for every task (`training.tasks`): write `config.json`, seed,
 load the data, build the model under the dtype policy and `strategy.scope()`,
-apply the encoders' `trainable` settings, compile with AdamW (warmup + cosine
+load transferred towers (`model.init_from`), apply the encoders' `trainable`
+settings and LoRA adapters (`model.lora_rank`), compile with AdamW (warmup + cosine
 decay), train with `training.loop.train` (checkpoints, resume, SIGTERM, time
 budget, early stopping with the best weights restored), evaluate into
 `eval_metrics.json`, save `model.keras` and export.
@@ -19,6 +20,7 @@ from training import config as config_lib
 from training import distribute
 from training import finetune
 from training import loop
+from training import transfer
 from training.early_stopping import EarlyStopping
 from training.tasks import get_task
 from training.tasks.base import ConfigError
@@ -67,11 +69,18 @@ def build_compiled_model(task, cfg, strategy, build=None, quiet=False):
         with strategy.scope():
             try:
                 model = (build or task.build_model)()
-                for name, encoder in task.encoders(model).items():
+                encoders = task.encoders(model)
+                if cfg.model.init_from:
+                    transfer.load_encoders(model, encoders, cfg.model.init_from)
+                for name, encoder in encoders.items():
                     setting = getattr(cfg.model, name).trainable
                     frozen = finetune.apply_trainable(encoder, setting, f"model.{name}.trainable")
                     if frozen:
                         logging.info("%s: %s, %d blocks frozen", name, setting, frozen)
+                if cfg.model.lora_rank:
+                    adapted = transfer.enable_lora(encoders.values(), cfg.model.lora_rank)
+                    logging.info("LoRA rank %d on %d layers of %s", cfg.model.lora_rank, adapted,
+                                 ", ".join(encoders))
             except ValueError as e:
                 # Layers validate their arguments; the config is where the user fixes them.
                 raise ConfigError(f"The model config is invalid: {e}") from e

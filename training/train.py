@@ -5,6 +5,8 @@
         --experiment=caption_flickr8k --max_minutes=10
     python -m training.train --task=vqa --data=easy_vqa --fusion=cross_attention
     python -m training.train --task=classify --data=csv:manifest.csv --fusion=gated
+    python -m training.train --task=contrastive --data=flickr8k:../shared/data/flickr8k-1k
+    python -m training.train --task=vqa --init_from=runs/contrastive --lora_rank=8
 
 Writes into --model_dir: config.json (the resolved config), vocabulary.txt,
 data_report.json, checkpoints/, logs/ (TensorBoard and train_log.jsonl),
@@ -32,8 +34,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum(
     "task", "caption", list(TASK_NAMES),
     "What to train: `caption` (image captioning), `classify` (image+text "
-    "classification with a fusion strategy) or `vqa` (classification over the "
-    "answer vocabulary).",
+    "classification with a fusion strategy), `vqa` (classification over the "
+    "answer vocabulary) or `contrastive` (CLIP-style dual encoder for retrieval, "
+    "zero-shot classification and pretraining towers for --init_from).",
 )
 flags.DEFINE_string(
     "experiment",
@@ -48,7 +51,7 @@ flags.DEFINE_string(
     "data",
     None,
     "Data; overrides data.spec. caption: synthetic, flickr8k, coco, csv, jsonl, "
-    "tfrecord; classify/vqa: synthetic (VQA questions about the shapes), easy_vqa, "
+    "tfrecord; contrastive: the caption kinds; classify/vqa: synthetic (VQA questions about the shapes), easy_vqa, "
     "flickr8k_match, csv, jsonl (manifest columns image, text, label or labels). "
     "Forms:\n" + describe_kinds(),
 )
@@ -88,7 +91,22 @@ flags.DEFINE_enum(
     "train.mixed_precision."
 )
 flags.DEFINE_bool("jit_compile", None, "XLA-compile the training step. Overrides train.jit_compile.")
+flags.DEFINE_string(
+    "init_from", None, "A finished run's --model_dir (e.g. a --task=contrastive dual encoder): its "
+    "image and text encoders initialise this model's (the captioner takes the image tower). "
+    "Overrides model.init_from; the freezing options (model.image_encoder.trainable, ...) apply after."
+)
+flags.DEFINE_integer(
+    "lora_rank", None, "With R > 0: train rank-R LoRA adapters of the towers' Dense/EinsumDense/"
+    "Embedding layers instead of the towers (the rest of them frozen; heads, fusion and decoder "
+    "train). Overrides model.lora_rank."
+)
 flags.DEFINE_integer("verbose", 1, "Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.")
+flags.DEFINE_bool(
+    "report", True, "At the end of the run, write MODEL_DIR/report.html (python -m training.report): "
+    "metrics, training curves, sample predictions, attention maps. A report error is logged and does "
+    "not fail the run."
+)
 
 
 def resolve_config():
@@ -116,6 +134,10 @@ def resolve_config():
         overrides.append(f"train.mixed_precision={FLAGS.mixed_precision}")
     if FLAGS.jit_compile is not None:
         overrides.append(f"train.jit_compile={FLAGS.jit_compile}")
+    if FLAGS.init_from is not None:
+        overrides.append(f"model.init_from={FLAGS.init_from}")
+    if FLAGS.lora_rank is not None:
+        overrides.append(f"model.lora_rank={FLAGS.lora_rank}")
     return config_lib.override(cfg, overrides)
 
 

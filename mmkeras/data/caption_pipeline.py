@@ -193,8 +193,9 @@ def caption_dataset(
     shuffle_buffer=None,
     skip_bad_examples=False,
     feature_extractor=None,
+    model_inputs=None,
 ):
-    """Builds the teacher-forcing dataset of `ImageCaptioner`.
+    """Builds the teacher-forcing dataset of `ImageCaptioner` (or other image-caption pairs).
 
     Training: images are cached once decoded, shuffled every epoch, repeated,
     and each visit of an image takes one of its reference captions at random
@@ -209,6 +210,11 @@ def caption_dataset(
     `image_table.feature_table`) encodes each image once before the first
     batch; `x` then holds `"image_features"` instead of `"images"`. It needs
     `cache` and no `augment`.
+
+    `model_inputs(augmenter, image_key)` replaces the teacher-forcing map:
+    it returns the batched map `(uint8 images or features, caption strings)
+    -> model inputs` (e.g. `contrastive_pipeline.contrastive_inputs`); the
+    image choice, shuffling, caching and caption choice stay the same.
     """
     if not records:
         raise ValueError("Cannot build a caption dataset from zero records.")
@@ -270,10 +276,11 @@ def caption_dataset(
     if gather_features is not None:
         ds = ds.map(lambda rows, batch_captions: (gather_features(rows), batch_captions),
                     num_parallel_calls=tf.data.AUTOTUNE)
-    to_model_inputs = teacher_forcing_inputs(
-        tokenizer, sequence_length, augmenter,
-        image_key="images" if gather_features is None else "image_features",
-    )
+    image_key = "images" if gather_features is None else "image_features"
+    if model_inputs is None:
+        to_model_inputs = teacher_forcing_inputs(tokenizer, sequence_length, augmenter, image_key=image_key)
+    else:
+        to_model_inputs = model_inputs(augmenter, image_key)
     ds = ds.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 

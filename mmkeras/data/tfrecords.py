@@ -345,6 +345,7 @@ def caption_train_dataset(
     start_example=0,
     shuffle_buffer=1024,
     cycle_length=8,
+    model_inputs=None,
 ):
     """The infinite training stream of one input pipeline, from TFRecords.
 
@@ -368,6 +369,8 @@ def caption_train_dataset(
             the stream starts after them (skipping serialized records only).
         shuffle_buffer: records in the shuffle buffer.
         cycle_length: shards read in parallel.
+        model_inputs: as for `caption_pipeline.caption_dataset`: replaces the
+            teacher-forcing map (e.g. the dual encoder's inputs).
     """
     files, epoch_size, by_data = pipeline_files(directory, num_input_pipelines, input_pipeline_id)
     if epoch_size == 0:
@@ -421,7 +424,10 @@ def caption_train_dataset(
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=True)
     augmenter = build_augmenter(seed) if augment else None
-    to_model_inputs = teacher_forcing_inputs(tokenizer, sequence_length, augmenter)
+    if model_inputs is None:
+        to_model_inputs = teacher_forcing_inputs(tokenizer, sequence_length, augmenter)
+    else:
+        to_model_inputs = model_inputs(augmenter, "images")
     ds = ds.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     # Sharding is done above; the strategy must not shard again.

@@ -1,4 +1,5 @@
-"""Metrics in pure Python / numpy: caption quality (BLEU, ROUGE-L, CIDEr-D, METEOR) and classification."""
+"""Metrics in pure Python / numpy: caption quality (BLEU, ROUGE-L, CIDEr-D, METEOR),
+classification, and image-text retrieval (recall@K, ranks, zero-shot)."""
 
 from mmkeras.metrics.bleu import bleu
 from mmkeras.metrics.caption_metrics import caption_metrics
@@ -12,12 +13,17 @@ from mmkeras.metrics.classification import multilabel_report
 from mmkeras.metrics.classification import top_confusions
 from mmkeras.metrics.meteor import meteor
 from mmkeras.metrics.meteor import meteor_score
+from mmkeras.metrics.retrieval import caption_relevance
+from mmkeras.metrics.retrieval import retrieval_metrics
+from mmkeras.metrics.retrieval import zero_shot_accuracy
+from mmkeras.metrics.retrieval import zero_shot_classifier
 from mmkeras.metrics.rouge_l import rouge_l
 
 __all__ = [
     "best_thresholds",
     "bleu",
     "caption_metrics",
+    "caption_relevance",
     "cider",
     "classification_report",
     "confusion_matrix",
@@ -26,6 +32,9 @@ __all__ = [
     "meteor_score",
     "multilabel_report",
     "normalize_caption",
+    "retrieval_metrics",
     "rouge_l",
     "top_confusions",
+    "zero_shot_accuracy",
+    "zero_shot_classifier",
 ]

@@ -30,3 +30,22 @@ def scale_for_replicas(value):
     """Per-replica regularization terms: their all-reduced gradient sum counts each once."""
     context = replica_context()
     return value if context is None else value / context.num_replicas_in_sync
+
+
+def gather_over_replicas(value):
+    """`(all replicas' value concatenated on axis 0, this replica's row offset)`.
+
+    On one replica: `(value, 0)`. The gradient of `ReplicaContext.all_gather`
+    all-reduces the upstream gradient and keeps this replica's slice, so a
+    loss over the gathered rows back-propagates into every replica's own
+    inputs: gradients equal those of one device holding the global batch.
+    Replicas may hold different numbers of rows (a last, partial batch).
+    """
+    context = replica_context()
+    if context is None:
+        return value, 0
+    sizes = context.all_gather(tf.shape(value)[:1], axis=0)
+    replica = context.replica_id_in_sync_group
+    offset = tf.reduce_sum(sizes[:replica]) if isinstance(replica, int) else tf.reduce_sum(
+        tf.where(tf.range(tf.size(sizes)) < replica, sizes, tf.zeros_like(sizes)))
+    return context.all_gather(value, axis=0), offset

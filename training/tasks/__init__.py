@@ -2,7 +2,9 @@
 
 - `caption` (`training.tasks.caption`): image captioning;
 - `classify` and `vqa` (`training.tasks.classify`): image+text classification
-  with a choice of fusion; `vqa` is classification over the answer vocabulary.
+  with a choice of fusion; `vqa` is classification over the answer vocabulary;
+- `contrastive` (`training.tasks.contrastive`): CLIP-style dual encoder for
+  retrieval and zero-shot classification.
 
 Each is a `training.tasks.base.Task`; `training.experiment.run` drives any of
 them the same way.
@@ -16,6 +18,7 @@ _TASKS = {
     "caption": ("training.tasks.caption", "CaptionTask"),
     "classify": ("training.tasks.classify", "ClassifyTask"),
     "vqa": ("training.tasks.classify", "VQATask"),
+    "contrastive": ("training.tasks.contrastive", "ContrastiveTask"),
 }
 
 TASK_NAMES = tuple(_TASKS)

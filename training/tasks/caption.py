@@ -92,6 +92,7 @@ def build_model(cfg, tokenizer):
         dropout=cfg.model.dropout,
         stem_filters=image.stem_filters,
         convs_per_stage=image.convs_per_stage,
+        stem_norm=image.stem_norm,
         backbone_class=image.backbone_class,
         backbone_kwargs=image.backbone_kwargs,
         backbone_preset=resolve_preset(image.backbone_preset),

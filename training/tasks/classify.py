@@ -32,6 +32,7 @@ from mmkeras.metrics.plots import plot_confusion_matrix
 from mmkeras.models.fusion_classifier import build_fusion_classifier
 from training import distribute
 from training import loop
+from training import transfer
 from training.presets import resolve_preset
 from training.tasks.base import ConfigError
 from training.tasks.base import DataError
@@ -124,7 +125,9 @@ class ClassifyTask(Task):
             # vocabulary would not match its embeddings.
             self.text_preprocessor = text_preprocessor_from_preset(preset, data_cfg.sequence_length)
         else:
-            vocabulary = learn_vocabulary([r.text for r in self.splits["train"]], data_cfg.vocabulary_size)
+            # A transferred text tower keeps the vocabulary it was trained with.
+            vocabulary = transfer.source_vocabulary(cfg.model.init_from) or learn_vocabulary(
+                [r.text for r in self.splits["train"]], data_cfg.vocabulary_size)
             self.vocabulary_file = os.path.join(self.model_dir, "vocabulary.txt")
             with open(self.vocabulary_file, "w", encoding="utf-8") as f:
                 f.write("\n".join(vocabulary) + "\n")
@@ -214,6 +217,7 @@ class ClassifyTask(Task):
             image_encoder_kwargs={
                 "stem_filters": image.stem_filters,
                 "convs_per_stage": image.convs_per_stage,
+                "stem_norm": image.stem_norm,
                 "backbone_class": image.backbone_class,
                 "backbone_kwargs": image.backbone_kwargs,
                 "backbone_preset": resolve_preset(image.backbone_preset),
