@@ -8,6 +8,7 @@ TensorFlow and TensorFlow Text ops and no `jit_compile`, so the official
     python -m serving.export --model_dir=runs/caption --export_dir=saved_models
 """
 
+import json
 import os
 import shutil
 import sys
@@ -18,11 +19,21 @@ import tensorflow as tf
 from absl import app, flags
 
 from mmkeras.data.caption_pipeline import decode_images
+from mmkeras.data.image_header import check_image_sizes
 from mmkeras.models.generation_constraints import check_generation_options
 from serving import model_config
 
 IMAGES_SPEC = tf.TensorSpec([None], tf.string, name="images")
 TEXTS_SPEC = tf.TensorSpec([None], tf.string, name="texts")
+
+# The most pixels (width * height, read from the header before decoding) an
+# image sent to an export may declare. 40 MP passes 8K video frames (33 MP)
+# and the usual 12-24 MP photos (full-resolution modes of 48+ MP phone
+# sensors need a larger limit) and bounds one decoded image to 120 MB of
+# uint8 RGB. TF Serving has no such guard, so it is in the graph.
+DEFAULT_MAX_PIXELS = 40_000_000
+# Written into every version's assets/: what the export was built with.
+EXPORT_METADATA_FILENAME = "mmkeras_export.json"
 
 
 def next_version(base_path):
@@ -31,7 +42,12 @@ def next_version(base_path):
 
 
 def check_image_bytes(images):
-    """Fails the request, naming the input, if an element is not a JPEG or PNG."""
+    """Fails the request, naming the input, if an element is not a JPEG or PNG.
+
+    Exports take JPEG and PNG only (the DESIGN contract), although
+    `tf.io.decode_image` and `image_header` also read GIF and BMP: fewer
+    decoders exposed to requests.
+    """
     is_png = tf.equal(tf.strings.substr(images, 0, 8), b"\x89PNG\r\n\x1a\n")
     is_jpeg = tf.equal(tf.strings.substr(images, 0, 3), b"\xff\xd8\xff")
     valid = tf.logical_or(is_png, is_jpeg)
@@ -47,6 +63,28 @@ def check_image_bytes(images):
     )
     with tf.control_dependencies([check]):
         return tf.identity(images)
+
+
+def guard_image_bytes(images, max_pixels=DEFAULT_MAX_PIXELS, input_name="images"):
+    """`images` once each is a JPEG/PNG declaring at most `max_pixels` pixels.
+
+    For serving functions whose model decodes the bytes itself (the
+    classifiers' `probabilities_from_raw`): the decoder takes the returned
+    tensor, so it runs only after both checks.
+    """
+    return check_image_sizes(check_image_bytes(images), max_pixels, input_name)
+
+
+def serving_images(images, image_size, max_pixels=DEFAULT_MAX_PIXELS):
+    """Encoded JPEG/PNG `(batch,)` -> float32 `(batch, image_size, image_size, 3)`, guarded.
+
+    What every image input of an export goes through: `check_image_bytes`,
+    then `decode_images` with the `max_pixels` header check, so a request
+    with a decompression bomb fails with `InvalidArgumentError` (gRPC
+    INVALID_ARGUMENT, HTTP 400) naming the batch position and the declared
+    size, before anything large is allocated.
+    """
+    return decode_images(check_image_bytes(images), image_size, max_pixels=max_pixels)
 
 
 def check_texts(texts):
@@ -72,18 +110,19 @@ def check_same_batch(images, texts):
         return tf.identity(images), tf.identity(texts)
 
 
-def classifier_endpoints(model):
+def classifier_endpoints(model, max_pixels=DEFAULT_MAX_PIXELS):
     """The `serving_default` function of a `FusionClassifier` (or ensemble of them).
 
     Returns `labels` (tf.string `[batch]`; multi-label models join the
     predicted labels with `|`), `class_ids` (tf.int64 `[batch]`, the most
     probable class; `[batch, classes]` 0/1 decisions for multi-label models)
-    and `probabilities` (tf.float32 `[batch, classes]`).
+    and `probabilities` (tf.float32 `[batch, classes]`). Images declaring
+    more than `max_pixels` pixels are refused before decoding.
     """
     label_names = tf.constant(model.label_names or [str(i) for i in range(model.num_classes)])
 
     def serve(images, texts):
-        images, texts = check_same_batch(check_image_bytes(images), check_texts(texts))
+        images, texts = check_same_batch(guard_image_bytes(images, max_pixels), check_texts(texts))
         probabilities = tf.cast(model.probabilities_from_raw(images, texts), tf.float32)
         decisions = tf.cast(model.decisions(probabilities), tf.int64)
         if model.multi_label:
@@ -102,7 +141,8 @@ def classifier_endpoints(model):
             inputs,
             {"image": tf.io.FixedLenFeature([], tf.string), "text": tf.io.FixedLenFeature([], tf.string)},
         )
-        images, texts = check_image_bytes(features["image"]), check_texts(features["text"])
+        images = guard_image_bytes(features["image"], max_pixels, input_name="inputs")
+        texts = check_texts(features["text"])
         probabilities = tf.cast(model.probabilities_from_raw(images, texts), tf.float32)
         top = tf.math.top_k(probabilities, k=model.num_classes)
         return {"classes": tf.gather(label_names, top.indices), "scores": top.values}
@@ -117,20 +157,21 @@ CLASSIFIER_SIGNATURES = {
 }
 
 
-def captioner_endpoints(model, num_beams=3, no_repeat_ngram_size=0, length_penalty=1.0):
+def captioner_endpoints(model, num_beams=3, no_repeat_ngram_size=0, length_penalty=1.0,
+                        max_pixels=DEFAULT_MAX_PIXELS):
     """The serving functions of an `ImageCaptioner`: greedy and beam search.
 
     The decoding options are baked into the graph: `no_repeat_ngram_size`
     into both signatures, `length_penalty` into `beam_search` only, so
-    `serving_default` scores stay the mean log-probability per token.
+    `serving_default` scores stay the mean log-probability per token. Both
+    refuse images declaring more than `max_pixels` pixels before decoding.
     """
     check_generation_options(no_repeat_ngram_size, length_penalty)
     image_size = model.image_size
 
     def make(method, **options):
         def serve(images):
-            images = check_image_bytes(images)
-            pixels = decode_images(images, image_size)
+            pixels = serving_images(images, image_size, max_pixels)
             outputs = model.generate_tokens(
                 pixels, method=method, no_repeat_ngram_size=no_repeat_ngram_size, **options
             )
@@ -160,12 +201,14 @@ def set_signature_method_name(export_dir, signature_key, method_name):
 
 
 def write_saved_model(export_base, version, track, endpoints, assets=(), input_signatures=None,
-                      method_names=None):
+                      method_names=None, metadata=None):
     """Writes a SavedModel version atomically and returns its path.
 
     `endpoints` maps signature names to functions; `input_signatures` maps
     them to their input specs (default: `images` only) and `method_names` to
-    a SignatureDef method name other than Predict's.
+    a SignatureDef method name other than Predict's. `metadata` (a JSON-able
+    dict, e.g. `{"max_pixels": ...}`) is written to
+    `assets/mmkeras_export.json` (see `read_export_metadata`).
 
     The version is written under a hidden temporary name in the same folder and
     renamed into place, so a server polling `export_base` never loads a
@@ -198,6 +241,10 @@ def write_saved_model(export_base, version, track, endpoints, assets=(), input_s
         os.makedirs(assets_dir, exist_ok=True)
         for path in assets:
             shutil.copy(path, os.path.join(assets_dir, os.path.basename(path)))
+        if metadata is not None:
+            with open(os.path.join(assets_dir, EXPORT_METADATA_FILENAME), "w", encoding="utf-8") as f:
+                json.dump(metadata, f, indent=2, sort_keys=True)
+                f.write("\n")
         os.rename(tmp_path, final_path)
     except BaseException:
         shutil.rmtree(tmp_path, ignore_errors=True)
@@ -205,9 +252,18 @@ def write_saved_model(export_base, version, track, endpoints, assets=(), input_s
     return final_path
 
 
+def read_export_metadata(version_dir):
+    """The `metadata` dict an export wrote (`{}` for exports from before it existed)."""
+    path = os.path.join(version_dir, "assets", EXPORT_METADATA_FILENAME)
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def export_captioner(
     model, export_dir, model_name="captioner", version=None, vocabulary_file=None, num_beams=3,
-    no_repeat_ngram_size=0, length_penalty=1.0,
+    no_repeat_ngram_size=0, length_penalty=1.0, max_pixels=DEFAULT_MAX_PIXELS,
 ):
     """Exports an `ImageCaptioner` to `<export_dir>/<model_name>/<version>/`.
 
@@ -218,8 +274,10 @@ def export_captioner(
     the mean log-probability per generated token for `serving_default`, and for
     `beam_search` with the default `length_penalty=1.0`). Both signatures
     block repeated n-grams of `no_repeat_ngram_size` (0: off); `beam_search`
-    ranks its beams with `length_penalty`. The vocabulary travels as an asset
-    (`assets/vocabulary.txt`). `<export_dir>/models.config` and
+    ranks its beams with `length_penalty`. Images declaring more than
+    `max_pixels` pixels fail the request before decoding (`serving_images`).
+    The vocabulary travels as an asset (`assets/vocabulary.txt`), the export
+    options in `assets/mmkeras_export.json`. `<export_dir>/models.config` and
     `batching_parameters.pbtxt` are written or updated for TF Serving.
     """
     if model.tokenizer is None:
@@ -235,15 +293,17 @@ def export_captioner(
             track=[model],
             endpoints=captioner_endpoints(
                 model, num_beams=num_beams, no_repeat_ngram_size=no_repeat_ngram_size,
-                length_penalty=length_penalty,
+                length_penalty=length_penalty, max_pixels=max_pixels,
             ),
             assets=[vocabulary_file],
+            metadata={"max_pixels": max_pixels},
         )
     write_serving_config(export_dir, model_name)
     return path
 
 
-def export_classifier(model, export_dir, model_name="classifier", version=None, assets=()):
+def export_classifier(model, export_dir, model_name="classifier", version=None, assets=(),
+                      max_pixels=DEFAULT_MAX_PIXELS):
     """Exports a `FusionClassifier` (or ensemble) to `<export_dir>/<model_name>/<version>/`.
 
     Signatures: `serving_default`: `images` (tf.string `[batch]`, encoded
@@ -251,8 +311,10 @@ def export_classifier(model, export_dir, model_name="classifier", version=None, 
     `class_ids`, `probabilities` (see `classifier_endpoints`); and
     `classification` for TF Serving's Classify API (tf.Examples with `image`
     and `text` features -> `classes`, `scores`). Decoding,
-    resizing and tokenization run in the graph. `assets` (vocabulary, label
-    list) are copied into the version's `assets/`.
+    resizing and tokenization run in the graph; images declaring more than
+    `max_pixels` pixels fail the request before decoding. `assets`
+    (vocabulary, label list) are copied into the version's `assets/`, beside
+    `mmkeras_export.json`.
     """
     with tempfile.TemporaryDirectory() as scratch:
         labels_file = os.path.join(scratch, "labels.txt")
@@ -263,26 +325,28 @@ def export_classifier(model, export_dir, model_name="classifier", version=None, 
             os.path.join(export_dir, model_name),
             version,
             track=[model],
-            endpoints=classifier_endpoints(model),
+            endpoints=classifier_endpoints(model, max_pixels=max_pixels),
             assets=list(assets) + ([] if "labels.txt" in names else [labels_file]),
             input_signatures=CLASSIFIER_SIGNATURES,
             method_names={"classification": CLASSIFY_METHOD_NAME},
+            metadata={"max_pixels": max_pixels},
         )
     write_serving_config(export_dir, model_name)
     return path
 
 
-def dual_encoder_endpoints(model):
+def dual_encoder_endpoints(model, max_pixels=DEFAULT_MAX_PIXELS):
     """The serving functions of a `DualEncoder`: `embed_images` and `embed_texts`.
 
     Both return `embeddings` (tf.float32 `[batch, projection_dim]`, unit
     norm), so a client's dot product of an image and a text embedding is the
-    model's cosine similarity.
+    model's cosine similarity. Images declaring more than `max_pixels`
+    pixels are refused before decoding.
     """
 
     def images_endpoint(images):
-        images = check_image_bytes(images)
-        return {"embeddings": tf.cast(model.embed_raw_images(images), tf.float32)}
+        pixels = serving_images(images, model.image_size, max_pixels)
+        return {"embeddings": tf.cast(model.image_embeddings({"images": pixels}, training=False), tf.float32)}
 
     def texts_endpoint(texts):
         return {"embeddings": tf.cast(model.embed_raw_texts(check_texts(texts)), tf.float32)}
@@ -293,7 +357,8 @@ def dual_encoder_endpoints(model):
 DUAL_ENCODER_SIGNATURES = {"embed_images": [IMAGES_SPEC], "embed_texts": [TEXTS_SPEC]}
 
 
-def export_dual_encoder(model, export_dir, model_name="dual_encoder", version=None, assets=()):
+def export_dual_encoder(model, export_dir, model_name="dual_encoder", version=None, assets=(),
+                        max_pixels=DEFAULT_MAX_PIXELS):
     """Exports a `DualEncoder` to `<export_dir>/<model_name>/<version>/`.
 
     Signatures: `embed_images`: `images` (tf.string `[batch]`, encoded
@@ -307,8 +372,8 @@ def export_dual_encoder(model, export_dir, model_name="dual_encoder", version=No
         raise ValueError("Cannot export a DualEncoder without its text preprocessor.")
     path = write_saved_model(
         os.path.join(export_dir, model_name), version, track=[model],
-        endpoints=dual_encoder_endpoints(model), assets=list(assets),
-        input_signatures=DUAL_ENCODER_SIGNATURES,
+        endpoints=dual_encoder_endpoints(model, max_pixels=max_pixels), assets=list(assets),
+        input_signatures=DUAL_ENCODER_SIGNATURES, metadata={"max_pixels": max_pixels},
     )
     write_serving_config(export_dir, model_name)
     return path
@@ -321,16 +386,16 @@ def write_serving_config(export_dir, model_name):
         model_config.write_batching_parameters(export_dir)
 
 
-def export_model(model, export_dir, model_name=None, version=None, vocabulary_file=None):
+def export_model(model, export_dir, model_name=None, version=None, vocabulary_file=None,
+                 max_pixels=DEFAULT_MAX_PIXELS):
     """Exports any mmkeras model with the signatures of its kind."""
+    from mmkeras.models import DualEncoder
     from mmkeras.models import FusionClassifier
     from mmkeras.models import ImageCaptioner
 
-    from mmkeras.models.dual_encoder import DualEncoder
-
     if isinstance(model, DualEncoder):
         return export_dual_encoder(model, export_dir, model_name or "dual_encoder", version,
-                                   [vocabulary_file] if vocabulary_file else [])
+                                   [vocabulary_file] if vocabulary_file else [], max_pixels=max_pixels)
     if isinstance(model, ImageCaptioner):
         return export_captioner(model, export_dir, model_name or "captioner", version, vocabulary_file,
                                 max_pixels=max_pixels)
@@ -353,6 +418,11 @@ def define_flags():
     flags.DEFINE_string("export_dir", "saved_models", "Export root: writes <export_dir>/<name>/<version>/.")
     flags.DEFINE_string("name", None, "Model name under export_dir (default: by kind, e.g. captioner).")
     flags.DEFINE_integer("version", None, "Integer version (default: one more than the highest existing).")
+    flags.DEFINE_integer(
+        "max_pixels", DEFAULT_MAX_PIXELS,
+        "Most pixels (width * height, read from the header before decoding) a request image may "
+        "declare; larger ones fail with INVALID_ARGUMENT.", lower_bound=1,
+    )
 
 
 def main(argv):
@@ -369,7 +439,7 @@ def main(argv):
     vocabulary = os.path.join(FLAGS.model_dir, "vocabulary.txt")
     try:
         out = export_model(model, FLAGS.export_dir, FLAGS.name, FLAGS.version,
-                           vocabulary if os.path.exists(vocabulary) else None)
+                           vocabulary if os.path.exists(vocabulary) else None, max_pixels=FLAGS.max_pixels)
     except (FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -224,3 +224,25 @@ def test_served_over_grpc_and_rest_like_in_memory(trained, tmp_path):
         assert server.alive()
     finally:
         server.stop()
+
+
+def test_exported_captioner_takes_any_image_shape_and_refuses_bombs(trained):
+    from serving.export import DEFAULT_MAX_PIXELS
+    from serving.export import read_export_metadata
+    from tests.test_image_header import jpeg_declaring, odd_images, png_bomb
+
+    results, _, jpegs = trained
+    model = results["model"]
+    assert read_export_metadata(results["export_path"]) == {"max_pixels": DEFAULT_MAX_PIXELS}
+    loaded = tf.saved_model.load(results["export_path"])
+    # Greyscale and RGBA PNGs, a 1x1 PNG and a 37x500 JPEG (issue 8).
+    images = odd_images()
+    pixels = decode_images(tf.constant(images), model.image_size)
+    for name, method in (("serving_default", "greedy"), ("beam_search", "beam")):
+        serve = loaded.signatures[name]
+        assert [c.decode() for c in serve(images=tf.constant(images))["captions"].numpy()] == (
+            model.caption(pixels, method=method)), name
+        for bomb, size in ((png_bomb(), "16000x16000"), (jpeg_declaring(60000, 50000), "60000x50000")):
+            with pytest.raises(tf.errors.InvalidArgumentError, match=rf"Input images\[1\] declares {size} pixels"):
+                serve(images=tf.constant([jpegs[0], bomb]))
+        assert serve(images=tf.constant(jpegs[:1]))["captions"].shape == (1,)

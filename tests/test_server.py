@@ -705,3 +705,98 @@ def test_rest_outputs_named_bytes_are_base64():
     }
     rows = rest.RestApi._rows(outputs)
     assert rows == [{"image_bytes": {"b64": "/wA="}, "caption": "café", "score": 0.1}]
+
+
+# ---------------------------------------------------------------------------
+# In-process: requests in flight while their version is unloaded or replaced.
+
+
+class _BlockingLoader:
+    """Loads servables whose signature calls wait for `release` inside the model call.
+
+    `entered` counts the calls that reached the model, so a test knows a
+    request is in flight before it changes the versions under it.
+    """
+
+    def __init__(self):
+        self.entered = threading.Semaphore(0)
+        self.release = threading.Event()
+
+    def __call__(self, name, version, path):
+        from serving.server.servables import Servable
+
+        servable = Servable(name, version, path)
+        for signature in servable.signatures.values():
+            def blocking(_run=signature.function, **inputs):
+                self.entered.release()
+                # Bounded, so that a broken test fails instead of hanging.
+                self.release.wait(timeout=120)
+                return _run(**inputs)
+
+            signature.function = blocking
+        return servable
+
+
+@pytest.mark.parametrize("batching", [False, True], ids=["direct", "batched"])
+def test_requests_in_flight_complete_while_versions_are_unloaded_or_removed(tmp_path, batching):
+    from serving.server.core import ServingCore
+    from serving.server.versions import ModelManager
+
+    base = tmp_path / "lifecycle"
+    fx.copy_toy_version("captioner", base, 1)
+    loader = _BlockingLoader()
+    manager = ModelManager([model_config.ModelConfig("m", str(base))], poll_wait_seconds=0, loader=loader)
+    manager.start()
+    batcher = None
+    if batching:
+        batcher = batcher_lib.Batcher(batching_config.BatchingParameters(
+            max_batch_size=4, batch_timeout_micros=0, num_batch_threads=2))
+    core = ServingCore(manager, batcher)
+    results = {}
+
+    def call(key, version=None):
+        try:
+            response = core.predict(_predict_request("m", {"images": [RED_PNG]}, version=version))
+            results[key] = (response.model_spec.version.value,
+                            tf.make_ndarray(response.outputs["captions"])[0])
+        except ServingError as e:
+            results[key] = (e.code, e.message)
+
+    def in_flight(key, version=None):
+        thread = threading.Thread(target=call, args=(key, version), daemon=True)
+        thread.start()
+        assert loader.entered.acquire(timeout=60), f"{key} never reached the model"
+        return thread
+
+    try:
+        first = in_flight("v1 in flight", 1)
+        # Version 2 arrives and is loaded, version 1 is unloaded and its files
+        # deleted, all while a request is inside version 1.
+        fx.copy_toy_version("captioner", base, 2)
+        manager.poll_once()
+        shutil.rmtree(base / "1")
+        manager.poll_once()
+        states = {v: get_model_status_pb2.ModelVersionStatus.State.Name(s)
+                  for v, s, _, _ in manager.version_states("m")}
+        assert states == {1: "END", 2: "AVAILABLE"}
+        call("v1 after unload", 1)
+        assert results["v1 after unload"] == (grpc.StatusCode.NOT_FOUND,
+                                              "Servable not found for request: Specific(m, 1)")
+
+        # The model leaves the config while a request is inside version 2.
+        second = in_flight("latest in flight")
+        manager.set_configs([])
+        call("after removal")
+        assert results["after removal"][0] == grpc.StatusCode.NOT_FOUND
+
+        loader.release.set()
+        for thread in (first, second):
+            thread.join(timeout=60)
+            assert not thread.is_alive(), "an in-flight request hung"
+        assert results["v1 in flight"] == (1, b"a dark red image")
+        assert results["latest in flight"] == (2, b"a dark red image")
+    finally:
+        loader.release.set()
+        manager.stop()
+        if batcher is not None:
+            batcher.stop()

@@ -13,7 +13,7 @@ from mmkeras.data.image_table import table_gather
 from mmkeras.data.synthetic_captions import SYNTHETIC_PREFIX
 
 
-def decode_image(image_bytes, image_size):
+def decode_image(image_bytes, image_size, max_pixels=None):
     """Decodes one encoded JPEG/PNG image and resizes it, in graph.
 
     The one image preprocessing of mmkeras: training, evaluation and every
@@ -23,10 +23,19 @@ def decode_image(image_bytes, image_size):
         image_bytes: scalar `tf.string`, an encoded JPEG or PNG (GIF/BMP work
             too, first frame).
         image_size: int, output height and width.
+        max_pixels: optional int. If set, the header must declare at most this
+            many pixels (width * height, read without decoding by
+            `image_header.check_image_size`), or the call fails with an
+            `InvalidArgumentError` before anything is decoded; only JPEG, PNG,
+            GIF and BMP pass then. None (default): no check.
 
     Returns:
         float32 `(image_size, image_size, 3)` with values in `[0, 255]`.
     """
+    if max_pixels is not None:
+        from mmkeras.data.image_header import check_image_size
+
+        image_bytes = check_image_size(image_bytes, max_pixels)
     image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
     image = tf.image.resize(
         image, (image_size, image_size), method="bilinear", antialias=True
@@ -35,8 +44,16 @@ def decode_image(image_bytes, image_size):
     return tf.ensure_shape(image, (image_size, image_size, 3))
 
 
-def decode_images(images_bytes, image_size):
-    """Batched `decode_image`: `(batch,)` strings -> `(batch, size, size, 3)` float32."""
+def decode_images(images_bytes, image_size, max_pixels=None):
+    """Batched `decode_image`: `(batch,)` strings -> `(batch, size, size, 3)` float32.
+
+    With `max_pixels`, every header is checked before any image is decoded,
+    and the error names the batch position (`Input images[3] declares ...`).
+    """
+    if max_pixels is not None:
+        from mmkeras.data.image_header import check_image_sizes
+
+        images_bytes = check_image_sizes(images_bytes, max_pixels)
     return tf.map_fn(
         lambda b: decode_image(b, image_size),
         images_bytes,

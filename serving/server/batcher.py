@@ -94,7 +94,14 @@ class Batcher:
             self._cv.notify()
         task.done.wait()
         if task.error is not None:
-            raise task.error
+            # Raising `task.error` from here would add this frame (which holds
+            # `task`) to its traceback: a task <-> error reference cycle that
+            # keeps the request's inputs alive until the cyclic GC runs.
+            error, task.error = task.error, None
+            try:
+                raise error
+            finally:
+                error = None
         return task.outputs
 
     def _count(self, batches, tasks):
@@ -151,9 +158,11 @@ class Batcher:
             try:
                 task.outputs = function(task.inputs)
             except Exception as e:  # noqa: BLE001 - handed to the waiting request.
-                task.error = e
+                # Without its traceback (this frame holds `task`): no cycle.
+                task.error = e.with_traceback(None)
             task.done.set()
             return
+        failed = False
         try:
             merged = {
                 k: np.concatenate([t.inputs[k] for t in tasks]) for k in tasks[0].inputs
@@ -163,8 +172,13 @@ class Batcher:
             if any(v.ndim == 0 or v.shape[0] != total for v in outputs.values()):
                 raise ValueError("an output has no batch dimension")
         except Exception:  # noqa: BLE001 - isolate the failing request(s).
+            failed = True
+        if failed:
             # Bisect, so that k bad requests cost O(k log n) extra calls and
-            # every other request still gets its answer.
+            # every other request still gets its answer. Outside the `except`:
+            # the halves' errors would otherwise chain this one (and the merged
+            # inputs) as their __context__.
+            merged = outputs = None
             middle = len(tasks) // 2
             self._execute(function, tasks[:middle], count=False)
             self._execute(function, tasks[middle:], count=False)

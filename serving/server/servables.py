@@ -115,12 +115,21 @@ class Signature:
 
     def __call__(self, inputs):
         """Runs the function on numpy inputs; returns numpy outputs."""
+        # The error is raised outside the `except`, so that it does not keep
+        # the TF error (and the traceback frames holding the inputs) as its
+        # __context__ for as long as the request's error lives.
+        error = None
         try:
             outputs = self.function(**inputs)
         except tf.errors.OpError as e:
-            raise ServingError(grpc_code(e.error_code), clean_tf_message(e.message)) from None
+            error = ServingError(grpc_code(e.error_code), clean_tf_message(e.message))
         except (TypeError, ValueError) as e:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+            error = ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        if error is not None:
+            try:
+                raise error
+            finally:
+                error = None  # this frame is in the error's traceback: no cycle
         return {k: v.numpy() for k, v in outputs.items()}
 
 
