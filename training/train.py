@@ -10,10 +10,10 @@
 
 Writes into --model_dir: config.json (the resolved config), vocabulary.txt,
 data_report.json, checkpoints/, logs/ (TensorBoard and train_log.jsonl),
-eval_metrics.json, model.keras and the task's extras (samples.json for
-captions; classification_report.txt, confusion_matrix.png and
-predictions.jsonl for classifiers); then exports a SavedModel to
-<export_dir>/<model_name>/<version>/.
+eval_metrics.json, model.keras and the task's extras (samples.json and
+predictions.jsonl for captions; classification_report.txt, confusion_matrix.png
+and predictions.jsonl for classifiers); then exports a SavedModel to
+<export_dir>/<model_name>/<version>/, and writes report.html (--report).
 
 Rerunning the same command resumes from the last checkpoint in --model_dir
 ("Resumed from step N") and trains to the planned number of steps. Several
@@ -189,6 +189,21 @@ def main(argv):
         print(json.dumps(results["eval_metrics"], sort_keys=True))
         if results.get("export_path"):
             print(f"Exported SavedModel: {results['export_path']}")
+        if FLAGS.report:
+            write_run_report(model_dir, results.get("model"))
+
+
+def write_run_report(model_dir, model):
+    """Writes the run's report.html; an error is logged: the trained run stands either way."""
+    try:
+        from training import report
+
+        path, _ = report.write_report(model_dir, model=model)
+    except Exception:  # noqa: BLE001  (any failure: the report is a by-product)
+        logging.exception("Could not write the run report (python -m training.report --model_dir=%s "
+                          "retries); the run itself finished.", model_dir)
+        return
+    print(f"Report: {path}", flush=True)
 
 
 if __name__ == "__main__":

@@ -186,7 +186,9 @@ class TextDecoder(keras.layers.Layer):
         """
         return tuple(block.cross_attention.compute_cache(image_tokens) for block in self.blocks)
 
-    def call_with_cache(self, token_ids, cache, cache_update_index, image_cache):
+    def call_with_cache(
+        self, token_ids, cache, cache_update_index, image_cache, return_attention_scores=False
+    ):
         """Runs the decoder on new tokens, reading and updating the cache.
 
         Args:
@@ -195,9 +197,13 @@ class TextDecoder(keras.layers.Layer):
             cache: self-attention cache from `initial_cache` (or a previous call).
             cache_update_index: int scalar, position of `token_ids[:, 0]`.
             image_cache: from `image_cache`.
+            return_attention_scores: bool; also return a list with each
+                block's cross-attention probabilities `(batch, heads,
+                new_length, image_length)`.
 
         Returns:
-            `(logits, hidden_states, cache)` for the new positions.
+            `(logits, hidden_states, cache)` for the new positions, and the
+            score list if asked.
         """
         new_length = ops.shape(token_ids)[1]
         max_length = ops.shape(cache[0][0])[1]
@@ -205,16 +211,25 @@ class TextDecoder(keras.layers.Layer):
         mask = causal_mask(new_length, max_length, start_index=cache_update_index)
         mask = mask[None, :, :]
         updated = []
+        all_scores = []
         for block, layer_cache, layer_image_cache in zip(self.blocks, cache, image_cache):
-            x, layer_cache = block(
+            outputs = block(
                 x,
                 self_attention_mask=mask,
                 self_attention_cache=layer_cache,
                 self_attention_cache_update_index=cache_update_index,
                 cross_attention_cache=layer_image_cache,
+                return_attention_scores=return_attention_scores,
             )
+            if return_attention_scores:
+                x, scores, layer_cache = outputs
+                all_scores.append(scores)
+            else:
+                x, layer_cache = outputs
             updated.append(layer_cache)
         hidden = self.final_norm(x)
+        if return_attention_scores:
+            return self._logits(hidden), hidden, tuple(updated), all_scores
         return self._logits(hidden), hidden, tuple(updated)
 
     def compute_output_shape(self, token_ids_shape, image_tokens_shape=None):

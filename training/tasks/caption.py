@@ -1,5 +1,6 @@
 """The captioning task: caption data, `ImageCaptioner`, caption metrics, export."""
 
+import json
 import os
 
 from absl import logging
@@ -117,7 +118,9 @@ class CaptionTask(Task):
 
     Writes `vocabulary.txt` (whole words or WordPiece pieces, learned from the
     training captions: `caption.vocabulary`),
-    `data_report.json` and `samples.json`; exports `serving_default` (greedy)
+    `data_report.json`, `samples.json` (the first `eval.num_samples` test
+    images) and `predictions.jsonl` (greedy and beam captions and references
+    of every evaluated test image); exports `serving_default` (greedy)
     and `beam_search`.
     """
 
@@ -256,6 +259,13 @@ class CaptionTask(Task):
                 sample["beam"] = beam_predictions[i]
             samples.append({**sample, "references": list(r.captions)})
         self.write_json("samples.json", samples)
+        # Every test image, for the report's best / median / worst gallery.
+        with open(os.path.join(self.model_dir, "predictions.jsonl"), "w", encoding="utf-8") as f:
+            for i, (r, p) in enumerate(zip(test_records, predictions)):
+                row = {"image": r.image, "generated": p}
+                if beam_predictions is not None:
+                    row["beam"] = beam_predictions[i]
+                f.write(json.dumps({**row, "references": list(r.captions)}) + "\n")
         for s in samples[:5]:
             logging.info("%s -> %r (ref %r)", s["image"], s["generated"], s["references"][0])
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in results.items()}
