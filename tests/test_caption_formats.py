@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmkeras.data.caption_formats import hash_split
 from mmkeras.data.caption_formats import load_caption_data
-from mmkeras.data.caption_formats import load_caption_manifest
-from mmkeras.data.caption_formats import load_coco_captions
-from mmkeras.data.caption_formats import load_flickr8k
+from mmkeras.data.caption_manifest import load_caption_manifest
+from mmkeras.data.coco_format import load_coco_captions
+from mmkeras.data.flickr8k_format import load_flickr8k
 from mmkeras.data.records import BadExampleError
 from mmkeras.data.records import LoadReport
+from mmkeras.data.splits import hash_split
 
 FLICKR8K_1K = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / (
     "flickr8k-1k"

@@ -9,21 +9,21 @@ import easy_vqa
 import numpy as np
 import pytest
 
-from mmkeras.data.caption_formats import hash_split
-from mmkeras.data.caption_formats import load_flickr8k
 from mmkeras.data.classification_manifest import load_classification_manifest
 from mmkeras.data.easy_vqa_format import load_easy_vqa
+from mmkeras.data.flickr8k_format import load_flickr8k
 from mmkeras.data.flickr8k_match import load_flickr8k_match
 from mmkeras.data.records import SKIP_HINT
 from mmkeras.data.records import BadExampleError
+from mmkeras.data.splits import hash_split
 from mmkeras.data.synthetic_captions import COLORS
 from mmkeras.data.synthetic_captions import SHAPES
 from mmkeras.data.synthetic_captions import SyntheticCaptions
 from mmkeras.data.synthetic_captions import encode_png
 from mmkeras.data.synthetic_captions import parse_synthetic_image_id
 from mmkeras.data.synthetic_vqa import load_synthetic_vqa
-from tests.test_synthetic_captions import _coverage
-from tests.test_synthetic_captions import _measure
+from tests.test_synthetic_captions import shape_coverage
+from tests.test_synthetic_captions import measure_shape
 
 SIZE = 64
 
@@ -47,8 +47,8 @@ class _Seen:
         self.colors = _present_colors(image)
         self.shape, self.side, self.center = {}, {}, {}
         for color in self.colors:
-            coverage = _coverage(image, color)
-            self.side[color], self.shape[color] = _measure(coverage)
+            coverage = shape_coverage(image, color)
+            self.side[color], self.shape[color] = measure_shape(coverage)
             ys, xs = np.indices(coverage.shape)
             self.center[color] = ((coverage * xs).sum() / coverage.sum(),
                                   (coverage * ys).sum() / coverage.sum())

@@ -43,6 +43,32 @@ def trained(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def text_preset(tmp_path_factory):
+    """A classifier whose text tower is a keras-hub BERT preset (random weights).
+
+    The preset folder is deleted after training: neither the .keras file nor
+    the SavedModel may need it afterwards.
+    """
+    import shutil
+
+    import keras_hub
+
+    root = tmp_path_factory.mktemp("text_preset")
+    words = "what which is there a the shape color colour of in left right above below circle square triangle"
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "?"] + sorted(set(words.split()))
+    preset_dir = root / "bert_preset"
+    keras_hub.models.BertBackbone(vocabulary_size=len(vocabulary), num_layers=1, num_heads=2, hidden_dim=16,
+                                  intermediate_dim=32, max_sequence_length=16).save_to_preset(str(preset_dir))
+    keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=True).save_to_preset(str(preset_dir))
+    run = _run_classifier(root / "run_root", [
+        "train.steps=4", "classify.ablation=false", f"model.text_encoder.backbone_preset={preset_dir}",
+    ])
+    shutil.rmtree(preset_dir)
+    run["preset_dir"] = preset_dir
+    return run
+
+
+@pytest.fixture(scope="module")
 def multi_label(tmp_path_factory):
     return _run_classifier(
         tmp_path_factory.mktemp("multi_label"),
@@ -125,80 +151,90 @@ FRESH_PROCESS = textwrap.dedent(
     import json, sys
     import tensorflow as tf
     import tensorflow_text  # registers the TF Text ops the export uses
-    path, inputs_file = sys.argv[1], sys.argv[2]
-    inputs = json.load(open(inputs_file))
-    loaded = tf.saved_model.load(path)
-    out = {}
-    texts = tf.constant(inputs["texts"])
-    for kind in ("jpeg", "png"):
-        images = tf.constant([bytes.fromhex(h) for h in inputs[kind]])
-        result = loaded.signatures["serving_default"](images=images, texts=texts)
-        out[kind] = {
-            "labels": [c.decode() for c in result["labels"].numpy().tolist()],
-            "class_ids": result["class_ids"].numpy().tolist(),
-            "class_ids_dtype": result["class_ids"].dtype.name,
-            "probabilities": result["probabilities"].numpy().tolist(),
+
+
+    def serve(path, inputs_file):
+        inputs = json.load(open(inputs_file))
+        loaded = tf.saved_model.load(path)
+        out = {}
+        texts = tf.constant(inputs["texts"])
+        for kind in ("jpeg", "png"):
+            images = tf.constant([bytes.fromhex(h) for h in inputs[kind]])
+            result = loaded.signatures["serving_default"](images=images, texts=texts)
+            out[kind] = {
+                "labels": [c.decode() for c in result["labels"].numpy().tolist()],
+                "class_ids": result["class_ids"].numpy().tolist(),
+                "class_ids_dtype": result["class_ids"].dtype.name,
+                "probabilities": result["probabilities"].numpy().tolist(),
+            }
+        examples = tf.constant([bytes.fromhex(h) for h in inputs["examples"]])
+        result = loaded.signatures["classification"](inputs=examples)
+        out["classification"] = {
+            "classes": [[c.decode() for c in row] for row in result["classes"].numpy().tolist()],
+            "scores": result["scores"].numpy().tolist(),
         }
-    examples = tf.constant([bytes.fromhex(h) for h in inputs["examples"]])
-    result = loaded.signatures["classification"](inputs=examples)
-    out["classification"] = {
-        "classes": [[c.decode() for c in row] for row in result["classes"].numpy().tolist()],
-        "scores": result["scores"].numpy().tolist(),
-    }
+        return out
+
+
+    # Arguments: export path, inputs file, export path, inputs file, ...
+    outs = [serve(path, inputs) for path, inputs in zip(sys.argv[1::2], sys.argv[2::2])]
     assert not any(m.startswith(("mmkeras", "keras_hub")) for m in sys.modules), "export needs the library"
-    print(json.dumps(out))
+    print(json.dumps(outs))
     """
 )
 
 
-def test_fresh_process_matches_in_memory_model(trained, tmp_path):
-    _assert_fresh_process_matches(trained, tmp_path)
+@pytest.fixture(scope="module")
+def served_fresh(trained, text_preset, tmp_path_factory):
+    """`{"trained": ..., "text_preset": ...}`: what each export answers in a fresh process.
+
+    One process loads both exports: each process pays TensorFlow's start.
+    """
+    root = tmp_path_factory.mktemp("fresh_process")
+    runs = {"trained": trained, "text_preset": text_preset}
+    arguments = []
+    for name, run in runs.items():
+        texts = run["texts"]
+        inputs = {
+            "jpeg": [b.hex() for b in run["jpegs"]],
+            "png": [b.hex() for b in run["pngs"]],
+            "texts": texts,
+            "examples": [make_example(i, t).hex() for i, t in zip(run["pngs"], texts)],
+        }
+        inputs_file = root / f"{name}_inputs.json"
+        inputs_file.write_text(json.dumps(inputs))
+        arguments += [run["results"]["export_path"], str(inputs_file)]
+    script = root / "load.py"
+    script.write_text(FRESH_PROCESS)
+    proc = subprocess.run([sys.executable, str(script), *arguments], capture_output=True, text=True, env=QUIET_ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(zip(runs, json.loads(proc.stdout.strip().splitlines()[-1])))
 
 
-def test_text_preset_classifier_exports_its_wordpiece_tokenizer_without_the_preset(tmp_path):
+def test_fresh_process_matches_in_memory_model(trained, served_fresh):
+    _assert_served_matches(trained, served_fresh["trained"])
+
+
+def test_text_preset_classifier_exports_its_wordpiece_tokenizer_without_the_preset(text_preset, served_fresh):
     # A keras-hub BERT preset (random weights) as the text tower: its own
     # WordPiece tokenizer runs inside the export, and neither the .keras file
     # nor the SavedModel needs the preset folder afterwards.
-    import shutil
-
     import keras
     import keras_hub
 
-    words = "what which is there a the shape color colour of in left right above below circle square triangle"
-    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "?"] + sorted(set(words.split()))
-    preset_dir = tmp_path / "bert_preset"
-    keras_hub.models.BertBackbone(vocabulary_size=len(vocabulary), num_layers=1, num_heads=2, hidden_dim=16,
-                                  intermediate_dim=32, max_sequence_length=16).save_to_preset(str(preset_dir))
-    keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=True).save_to_preset(str(preset_dir))
-    run = _run_classifier(tmp_path / "run_root", [
-        "train.steps=4", "classify.ablation=false", f"model.text_encoder.backbone_preset={preset_dir}",
-    ])
+    run = text_preset
     assert isinstance(run["model"].text_preprocessor.tokenizer, keras_hub.models.BertTokenizer)
-    shutil.rmtree(preset_dir)
-    _assert_fresh_process_matches(run, tmp_path)
+    assert not run["preset_dir"].exists()
+    _assert_served_matches(run, served_fresh["text_preset"])
     restored = keras.saving.load_model(os.path.join(run["model_dir"], "model.keras"))
     images, texts = tf.constant(run["pngs"]), tf.constant(run["texts"])
     np.testing.assert_allclose(restored.probabilities_from_raw(images, texts).numpy(),
                                run["model"].probabilities_from_raw(images, texts).numpy(), atol=1e-5)
 
 
-def _assert_fresh_process_matches(trained, tmp_path):
+def _assert_served_matches(trained, served):
+    """The fresh process's answers (`served_fresh`) equal the in-memory model's."""
     model, texts = trained["model"], trained["texts"]
-    inputs = {
-        "jpeg": [b.hex() for b in trained["jpegs"]],
-        "png": [b.hex() for b in trained["pngs"]],
-        "texts": texts,
-        "examples": [make_example(i, t).hex() for i, t in zip(trained["pngs"], texts)],
-    }
-    inputs_file = tmp_path / "inputs.json"
-    inputs_file.write_text(json.dumps(inputs))
-    script = tmp_path / "load.py"
-    script.write_text(FRESH_PROCESS)
-    proc = subprocess.run([sys.executable, str(script), trained["results"]["export_path"], str(inputs_file)],
-                          capture_output=True, text=True, env=QUIET_ENV)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    served = json.loads(proc.stdout.strip().splitlines()[-1])
-
     for kind, images in (("jpeg", trained["jpegs"]), ("png", trained["pngs"])):
         labels, class_ids, probabilities = _expected(model, images, texts)
         assert served[kind]["labels"] == labels, kind

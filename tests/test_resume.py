@@ -20,7 +20,7 @@ import pytest
 
 from tests import training_fixtures as tfx
 
-STEPS = 100
+STEPS = 60
 EVERY = 10
 
 

@@ -37,7 +37,7 @@ def _parse(caption):
     return layout, objects
 
 
-def _coverage(image, color):
+def shape_coverage(image, color):
     """How much of each pixel the shape of `color` covers, 0 to 1 (noise-free images).
 
     Anti-aliased edge pixels are blends of the shape and the background colour:
@@ -57,7 +57,7 @@ def _coverage(image, color):
     return np.clip(coverage, 0, 1) * region
 
 
-def _measure(coverage):
+def measure_shape(coverage):
     """(side, shape) of a shape from its coverage map, by simple geometry."""
     rows, columns = coverage.sum(axis=1), coverage.sum(axis=0)
     width, height, area = rows.max(), columns.max(), coverage.sum()
@@ -149,8 +149,8 @@ def test_captions_match_the_pixels():
         layout, objects = _parse(captions[0])
         extents = []
         for object_size, color, shape in objects:
-            coverage = _coverage(image, color)
-            side, seen_shape = _measure(coverage)
+            coverage = shape_coverage(image, color)
+            side, seen_shape = measure_shape(coverage)
             if object_size == "small":
                 assert side <= 0.25 * size, (index, captions[0], side)
             else:

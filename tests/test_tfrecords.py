@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from mmkeras.data import tfrecords
 from mmkeras.data.records import BadExampleError
+from mmkeras.data.splits import SPLITS
 from mmkeras.data.synthetic_captions import SyntheticCaptions, encode_png
 from mmkeras.data.tokenizer import build_tokenizer, learn_vocabulary
 from tests import training_fixtures as tfx
@@ -68,7 +69,7 @@ def synthetic_shards(tmp_path_factory):
     """22 training images over 4 shards (6, 6, 5, 5), 4 test, 2 validation."""
     directory = str(tmp_path_factory.mktemp("shards"))
     synthetic = SyntheticCaptions(seed=3, image_size=32, num_train=22, num_validation=2, num_test=4)
-    pairs = [(s, r) for s in tfrecords.SPLITS for r in synthetic.records(s)]
+    pairs = [(s, r) for s in SPLITS for r in synthetic.records(s)]
     info = tfrecords.write_caption_shards(
         pairs, directory, num_shards=4, read_image=lambda r: encode_png(synthetic.render_image(r.image))
     )
@@ -153,5 +154,7 @@ def test_prepare_data_then_train(tmp_path):
     with open(os.path.join(model_dir, "eval_metrics.json")) as f:
         metrics = json.load(f)
     assert metrics["train_steps"] == 4 and metrics["num_test_images"] == 4
+    # FAST_FLAGS set caption.eval_beam=false: greedy metrics only.
+    assert "cider" in metrics and not [k for k in metrics if k.startswith("beam_")]
     with open(os.path.join(model_dir, "data_report.json")) as f:
         assert json.load(f)["images_per_split"] == {"train": 256, "validation": 32, "test": 32}

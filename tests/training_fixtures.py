@@ -13,8 +13,13 @@ import sys
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
-# Short, deterministic runs: evaluation on a few test images, no samples.
-FAST_FLAGS = ("--verbose=0", "--set=eval.max_images=4", "--set=eval.num_samples=0")
+# Short, deterministic runs: evaluation on a few test images, no samples, and
+# for captioners greedy decoding only (beam-search evaluation is checked by
+# test_train_cli and test_export).
+FAST_FLAGS = (
+    "--verbose=0", "--set=eval.max_images=4", "--set=eval.num_samples=0", "--set=caption.eval_beam=false",
+    "--report=false",
+)
 
 
 def free_port():

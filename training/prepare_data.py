@@ -44,6 +44,7 @@ def _examples(spec, skip_bad_examples, report):
     from mmkeras.data import caption_formats
     from mmkeras.data import tfrecords
     from mmkeras.data.data_spec import parse_data_spec
+    from mmkeras.data.splits import SPLITS
 
     spec = parse_data_spec(spec, ("synthetic",) + caption_formats.CAPTION_FILE_KINDS)
     if spec.kind == "synthetic":
@@ -58,7 +59,7 @@ def _examples(spec, skip_bad_examples, report):
             num_validation=cfg.data.synthetic_num_validation,
             num_test=cfg.data.synthetic_num_test,
         )
-        pairs = ((split, r) for split in tfrecords.SPLITS for r in synthetic.records(split))
+        pairs = ((split, r) for split in SPLITS for r in synthetic.records(split))
         # PNG keeps the rendered pixels exactly.
         return pairs, lambda record: encode_png(synthetic.render_image(record.image))
     if spec.kind in ("csv", "jsonl"):
@@ -70,7 +71,7 @@ def _examples(spec, skip_bad_examples, report):
     report.skipped_bad_examples += loaded.skipped_bad_examples
     report.skipped_reasons.extend(loaded.skipped_reasons)
     report.dropped_empty_captions += loaded.dropped_empty_captions
-    return ((split, r) for split in tfrecords.SPLITS for r in splits.get(split, [])), None
+    return ((split, r) for split in SPLITS for r in splits.get(split, [])), None
 
 
 def main(argv):

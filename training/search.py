@@ -17,14 +17,18 @@ import sys
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_dir", None, "A `--task=contrastive` run directory holding model.keras.")
-flags.DEFINE_string("images", None, "Folder of images to search (indexed once, next to the model).")
-flags.DEFINE_string("query", None, "Text query: finds the images of --images that match it best.")
-flags.DEFINE_string("image", None, "Image query (a file): finds the best images of --images, "
-                    "or the best lines of --texts.")
-flags.DEFINE_string("texts", None, "A UTF-8 file of texts, one per line, to search with --image.")
-flags.DEFINE_integer("top_k", 5, "Number of results to print.")
-flags.DEFINE_integer("batch_size", 64, "Images per batch while building the index.")
+
+def define_flags():
+    # Defined only when run as a program: importers (benchmarks, tests) have
+    # flags of the same names.
+    flags.DEFINE_string("model_dir", None, "A `--task=contrastive` run directory holding model.keras.")
+    flags.DEFINE_string("images", None, "Folder of images to search (indexed once, next to the model).")
+    flags.DEFINE_string("query", None, "Text query: finds the images of --images that match it best.")
+    flags.DEFINE_string("image", None, "Image query (a file): finds the best images of --images, "
+                        "or the best lines of --texts.")
+    flags.DEFINE_string("texts", None, "A UTF-8 file of texts, one per line, to search with --image.")
+    flags.DEFINE_integer("top_k", 5, "Number of results to print.")
+    flags.DEFINE_integer("batch_size", 64, "Images per batch while building the index.")
 
 
 class Searcher:
@@ -48,6 +52,7 @@ class Searcher:
                              "(train with --task=contrastive).")
         self._images = tf.function(self.model.embed_raw_images, reduce_retracing=True, autograph=False)
         self._texts = tf.function(self.model.embed_raw_texts, reduce_retracing=True, autograph=False)
+        self._model_sha256 = None
 
     def embed_image_files(self, paths):
         import tensorflow as tf
@@ -61,9 +66,14 @@ class Searcher:
         return self._texts(tf.constant(list(texts))).numpy()
 
     def index(self, folder, batch_size=64):
+        """The folder's `ImageIndex` and why it was (re)built (None: reused)."""
         from training import search_index
 
-        return search_index.load_or_build(self.model_dir, folder, self.embed_image_files, batch_size=batch_size)
+        if self._model_sha256 is None:
+            # Once per process: the model does not change under a loaded Searcher.
+            self._model_sha256 = search_index.file_sha256(os.path.join(self.model_dir, "model.keras"))
+        return search_index.load_or_build(self.model_dir, folder, self.embed_image_files,
+                                          model_sha256=self._model_sha256, batch_size=batch_size)
 
 
 def read_texts(path):
@@ -132,4 +142,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

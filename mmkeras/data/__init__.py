@@ -1,11 +1,7 @@
 """mmkeras data: dataset formats, built-in synthetic data, tokenizer, tf.data."""
 
-from mmkeras.data.caption_formats import (
-    load_caption_data,
-    load_caption_manifest,
-    load_coco_captions,
-    load_flickr8k,
-)
+from mmkeras.data.caption_formats import load_caption_data
+from mmkeras.data.caption_manifest import load_caption_manifest
 from mmkeras.data.caption_pipeline import (
     caption_dataset,
     decode_image,
@@ -16,8 +12,10 @@ from mmkeras.data.caption_pipeline import (
 from mmkeras.data.classification_manifest import load_classification_manifest
 from mmkeras.data.classification_pipeline import classification_dataset, label_ids
 from mmkeras.data.classification_records import ClassificationData, ClassificationRecord
+from mmkeras.data.coco_format import load_coco_captions
 from mmkeras.data.data_spec import DATA_KINDS, DataSpec, parse_data_spec
 from mmkeras.data.easy_vqa_format import load_easy_vqa
+from mmkeras.data.flickr8k_format import load_flickr8k
 from mmkeras.data.flickr8k_match import load_flickr8k_match
 from mmkeras.data.records import BadExampleError, CaptionRecord, LoadReport
 from mmkeras.data.synthetic_captions import SyntheticCaptions

@@ -7,6 +7,7 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
+from mmkeras.data.caption_choice import choose_caption
 from mmkeras.data.image_table import checked_image_table
 from mmkeras.data.image_table import feature_table
 from mmkeras.data.image_table import table_gather
@@ -18,6 +19,8 @@ def decode_image(image_bytes, image_size, max_pixels=None):
 
     The one image preprocessing of mmkeras: training, evaluation and every
     export call it, so a served model sees exactly what the trained one saw.
+    Any size and aspect ratio is squashed to `image_size` x `image_size`;
+    greyscale becomes RGB and alpha is dropped.
 
     Args:
         image_bytes: scalar `tf.string`, an encoded JPEG or PNG (GIF/BMP work
@@ -274,11 +277,7 @@ def caption_dataset(
 
         def pick(position, element):
             image, refs = element
-            n = tf.shape(refs, out_type=tf.int64)[0]
-            choice = tf.random.stateless_uniform(
-                (), seed=tf.stack([tf.cast(seed, tf.int64), position]), maxval=n, dtype=tf.int64
-            )
-            return image, refs[choice]
+            return image, choose_caption(seed, position, refs)
 
         ds = ds.map(pick, num_parallel_calls=tf.data.AUTOTUNE)
     else:

@@ -2,28 +2,30 @@
 
 One row per example: an image, a text (a question, a report, a caption) and
 its label, or its labels for multi-label data. The format follows the caption
-manifests of `mmkeras.data.caption_formats` (same CSV rules, split names and
-hash split), so a data set can be described once for both kinds of task.
+manifests of `mmkeras.data.caption_manifest` (the same CSV rules, split names
+and hash split, from `manifest_io` and `splits`), so a data set can be described
+once for both kinds of task.
 """
 
 import csv
 import os
-import posixpath
 
-from mmkeras.data.caption_formats import SPLITS
-from mmkeras.data.caption_formats import hash_split
-# Shared with the caption manifests so both read CSV, split names and paths alike.
-from mmkeras.data.caption_formats import checked_split
-from mmkeras.data.caption_formats import _read_csv
-from mmkeras.data.caption_formats import _resolve
 from mmkeras.data.classification_records import ClassificationData
 from mmkeras.data.classification_records import ClassificationRecord
+from mmkeras.data.manifest_io import check_exists
+from mmkeras.data.manifest_io import clean_text
+from mmkeras.data.manifest_io import manifest_format
+from mmkeras.data.manifest_io import manifest_key
+from mmkeras.data.manifest_io import read_csv_rows
+from mmkeras.data.manifest_io import read_jsonl_objects
+from mmkeras.data.manifest_io import resolve_path
 from mmkeras.data.records import LoadReport
-from mmkeras.data.records import read_jsonl_objects
+from mmkeras.data.records import image_file_checker
 from mmkeras.data.records import reject_example
-from mmkeras.data.records import validate_image_file
+from mmkeras.data.splits import SPLITS
+from mmkeras.data.splits import checked_split
+from mmkeras.data.splits import hash_split
 
-_JSONL_SUFFIXES = (".jsonl", ".ndjson")
 # In a CSV `labels` cell, labels are separated by this character.
 LABEL_SEPARATOR = "|"
 
@@ -51,7 +53,7 @@ def _rows_csv(path, skip_bad_examples, report):
     """Yields `(where, image, text, labels, split, multi_label)` of a CSV."""
     label_column = _csv_label_column(path)
     required = ("image", "text", label_column)
-    for number, row in _read_csv(path, required, skip_bad_examples, report):
+    for number, row in read_csv_rows(path, required, skip_bad_examples, report):
         cell = row[label_column]
         if label_column == "labels":
             labels = cell.split(LABEL_SEPARATOR)
@@ -122,8 +124,7 @@ def load_classification_manifest(path, skip_bad_examples=False, label_names=None
         A `ClassificationData`; records in file order.
     """
     path = os.path.normpath(os.fspath(path))
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"Classification manifest {path} does not exist.")
+    check_exists(path, "Classification manifest")
     if label_names is not None:
         label_names = list(label_names)
         if len(set(label_names)) != len(label_names) or not label_names:
@@ -132,7 +133,7 @@ def load_classification_manifest(path, skip_bad_examples=False, label_names=None
                 f"Received: label_names={label_names}"
             )
     report = LoadReport()
-    if path.lower().endswith(_JSONL_SUFFIXES):
+    if manifest_format(path) == "jsonl":
         rows = _rows_jsonl(path, skip_bad_examples, report)
     else:
         rows = _rows_csv(path, skip_bad_examples, report)
@@ -140,14 +141,14 @@ def load_classification_manifest(path, skip_bad_examples=False, label_names=None
     base_dir = os.path.dirname(path)
     parsed = []
     multi_label = False
-    image_problems = {}
+    image_is_fine = image_file_checker(skip_bad_examples, report)
     for where, image, text, labels, split, row_multi_label in rows:
         multi_label = multi_label or row_multi_label
         image = image.strip()
         if not image:
             reject_example(where, "missing image path", skip_bad_examples, report)
             continue
-        text = " ".join(text.split())
+        text = clean_text(text)
         if not text:
             reject_example(where, "empty text", skip_bad_examples, report)
             continue
@@ -160,13 +161,9 @@ def load_classification_manifest(path, skip_bad_examples=False, label_names=None
             if split is None:
                 continue
         else:
-            split = hash_split(posixpath.normpath(image.replace("\\", "/")))
-        image_path = _resolve(base_dir, image)
-        if image_path not in image_problems:
-            image_problems[image_path] = validate_image_file(image_path)
-        if image_problems[image_path] is not None:
-            reject_example(where, image_problems[image_path], skip_bad_examples,
-                           report)
+            split = hash_split(manifest_key(image))
+        image_path = resolve_path(base_dir, image)
+        if not image_is_fine(image_path, where):
             continue
         parsed.append((split, ClassificationRecord(image_path, text, labels, where)))
 

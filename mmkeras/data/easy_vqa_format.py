@@ -14,9 +14,11 @@ import numpy as np
 
 from mmkeras.data.classification_records import ClassificationData
 from mmkeras.data.classification_records import ClassificationRecord
+from mmkeras.data.manifest_io import clean_text
 from mmkeras.data.records import LoadReport
+from mmkeras.data.records import image_file_checker
 from mmkeras.data.records import reject_example
-from mmkeras.data.records import validate_image_file
+from mmkeras.data.splits import SPLITS
 
 
 def _questions_file(split):
@@ -46,10 +48,10 @@ def _records(rows, split, answers, skip_bad_examples, report):
     Each image file is checked once (header and end, not decoded), however many
     questions it has; each question of a bad image is one bad example.
     """
-    image_problems = {}
+    image_is_fine = image_file_checker(skip_bad_examples, report)
     records = []
     for where, text, answer, image_id, image_path in rows:
-        text = " ".join(str(text).split())
+        text = clean_text(str(text))
         if not text:
             reject_example(where, "empty question", skip_bad_examples, report)
             continue
@@ -68,11 +70,7 @@ def _records(rows, split, answers, skip_bad_examples, report):
                 "images", skip_bad_examples, report,
             )
             continue
-        if image_path not in image_problems:
-            image_problems[image_path] = validate_image_file(image_path)
-        if image_problems[image_path] is not None:
-            reject_example(where, image_problems[image_path], skip_bad_examples,
-                           report)
+        if not image_is_fine(image_path, where):
             continue
         records.append(ClassificationRecord(image_path, text, (answer,), where))
     return records
@@ -138,7 +136,7 @@ def load_easy_vqa(validation_fraction=0.1, seed=0, skip_bad_examples=False,
     splits = {
         split: _records(rows[split], "test" if split == "test" else "train",
                         answers, skip_bad_examples, report)
-        for split in ("train", "validation", "test")
+        for split in SPLITS
     }
     report.count_examples(splits)
     return ClassificationData(splits=splits, label_names=label_names, report=report)

@@ -8,11 +8,11 @@ are balanced (majority-class accuracy 0.5) and no caption crosses splits.
 
 import numpy as np
 
-from mmkeras.data.caption_formats import SPLITS
-from mmkeras.data.caption_formats import load_flickr8k
 from mmkeras.data.classification_records import ClassificationData
 from mmkeras.data.classification_records import ClassificationRecord
+from mmkeras.data.flickr8k_format import load_flickr8k
 from mmkeras.data.records import LoadReport
+from mmkeras.data.splits import SPLITS
 
 MATCH_LABELS = ("match", "no_match")
 # Redraws of a negative whose caption is, word for word, one of the image's own.
@@ -65,7 +65,7 @@ def match_records(records, split, seed=0):
 def load_flickr8k_match(directory, seed=0, skip_bad_examples=False):
     """Loads Flickr8k as image-caption matching.
 
-    Splits are those of `caption_formats.load_flickr8k` (the original split
+    Splits are those of `flickr8k_format.load_flickr8k` (the original split
     files, or 80/10/10 by file name); each image gives two examples, the
     positive first. Deterministic for a seed.
 

@@ -10,7 +10,6 @@ with an error that names neither the file nor the row.
 """
 
 import dataclasses
-import json
 import os
 
 SKIP_HINT = "Pass --skip_bad_examples to skip such rows."
@@ -207,23 +206,27 @@ def validate_records(records, skip_bad_examples, report):
     return kept
 
 
-def read_jsonl_objects(path, skip_bad_examples, report):
-    """Yields `(line_number, where, row)` for each JSON object line of a JSONL manifest.
 
-    Blank lines are passed over; a line that is not valid JSON or not an
-    object is rejected (`reject_example`), naming the file and line.
+def image_file_checker(skip_bad_examples, report):
+    """Returns `check(path, where) -> bool`: is the image file of an example fine?
+
+    For data with several examples an image (questions, texts): each file is
+    checked once with `validate_image_file`, however many examples share it, and
+    every example of a bad file is a bad example (`reject_example` at `where`).
+
+    Args:
+        skip_bad_examples: count examples of bad files in `report` instead of
+            raising `BadExampleError`.
+        report: the `LoadReport` that counts skipped examples.
     """
-    with open(path, encoding="utf-8-sig") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path} line {number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                reject_example(where, f"bad JSON ({e.msg})", skip_bad_examples, report)
-                continue
-            if not isinstance(row, dict):
-                reject_example(where, "expected a JSON object", skip_bad_examples, report)
-                continue
-            yield number, where, row
+    problems = {}
+
+    def check(path, where):
+        if path not in problems:
+            problems[path] = validate_image_file(path)
+        if problems[path] is not None:
+            reject_example(where, problems[path], skip_bad_examples, report)
+            return False
+        return True
+
+    return check

@@ -19,9 +19,9 @@ from PIL import Image
 from PIL import ImageDraw
 
 from mmkeras.data.records import CaptionRecord
+from mmkeras.data.splits import SPLITS
 
 SYNTHETIC_PREFIX = "synthetic"
-SPLITS = ("train", "validation", "test")
 
 # Base RGB colours, chosen far apart in hue and brightness so that they stay distinct
 # at 64 px after per-shape jitter, JPEG compression and resizing.

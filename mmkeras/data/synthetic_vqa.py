@@ -26,10 +26,10 @@ import numpy as np
 from mmkeras.data.classification_records import ClassificationData
 from mmkeras.data.classification_records import ClassificationRecord
 from mmkeras.data.records import LoadReport
+from mmkeras.data.splits import SPLITS
 from mmkeras.data.synthetic_captions import COLORS
 from mmkeras.data.synthetic_captions import SHAPES
 from mmkeras.data.synthetic_captions import SIZES
-from mmkeras.data.synthetic_captions import SPLITS
 from mmkeras.data.synthetic_captions import SYNTHETIC_PREFIX
 from mmkeras.data.synthetic_captions import SyntheticCaptions
 

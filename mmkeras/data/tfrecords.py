@@ -27,17 +27,19 @@ by skipping at most one epoch of *serialized* records (no image decoding).
 import hashlib
 import json
 import os
-import posixpath
 
 import tensorflow as tf
 
-from mmkeras.data import caption_formats
+from mmkeras.data.caption_choice import choose_caption
+from mmkeras.data.caption_groups import ImageGroup, describe_rows, group_record
+from mmkeras.data.caption_manifest import caption_manifest_rows, image_path
 from mmkeras.data.caption_pipeline import build_augmenter, decode_image, teacher_forcing_inputs
+from mmkeras.data.manifest_io import ROW_UNITS, check_exists, manifest_format
 from mmkeras.data.records import CaptionRecord, LoadReport, reject_example, validate_image_file
+from mmkeras.data.splits import SPLITS, hash_split
 
 INFO_FILE = "dataset_info.json"
 FORMAT = "mmkeras-captions-tfrecord-v1"
-SPLITS = ("train", "validation", "test")
 
 _FEATURES = {
     "image": tf.io.FixedLenFeature([], tf.string),
@@ -76,77 +78,48 @@ def iter_caption_manifest(path, skip_bad_examples=False, report=None, file_forma
     """
     report = LoadReport() if report is None else report
     path = os.path.normpath(os.fspath(path))
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"Caption manifest {path} does not exist.")
-    if file_format is None:
-        file_format = "jsonl" if path.lower().endswith((".jsonl", ".ndjson")) else "csv"
-    if file_format == "csv":
-        rows, unit = caption_formats._manifest_rows_csv(path, skip_bad_examples, report), "row"
-    elif file_format == "jsonl":
-        rows, unit = caption_formats._manifest_rows_jsonl(path, skip_bad_examples, report), "line"
-    else:
-        raise ValueError(
-            f"`file_format` must be 'csv', 'jsonl' or None. Received: file_format={file_format!r}"
-        )
-    base_dir = os.path.dirname(path)
+    check_exists(path, "Caption manifest")
+    file_format = manifest_format(path, file_format)
+    unit = ROW_UNITS[file_format]
     done = set()
-    current = None  # (key, split, image_path, captions, first_number, last_number)
+    current = None  # the ImageGroup of the image whose rows are being read
 
     def finish(group):
-        key, split, image_path, captions, first, last = group
-        where = f"{path} {unit}s {first}-{last}" if first != last else f"{path} {unit} {first}"
-        if not captions:
-            reject_example(where, f"image {key} has no non-empty caption", skip_bad_examples, report)
+        origin = describe_rows(path, unit, group.numbers)
+        record = group_record(group, origin, skip_bad_examples, report)
+        if record is None:
             return None
-        split = split or caption_formats.hash_split(key)
-        return split, CaptionRecord(image_path, tuple(captions), where)
+        return group.split or hash_split(group.key), record
 
-    for number, image, captions, split in rows:
-        where = f"{path} {unit} {number}"
-        if image is None or not image.strip():
-            reject_example(where, "missing image path", skip_bad_examples, report)
-            continue
-        if split is not None:
-            name = caption_formats._normalize_split(split)
-            if name is None:
+    for row in caption_manifest_rows(path, file_format, skip_bad_examples, report):
+        if current is not None and current.key == row.key:
+            if current.split != row.split:
                 reject_example(
-                    where, f"unknown split {split!r} (expected train, validation/val/dev or test)",
+                    row.where,
+                    f"image {row.key} is in split {row.split} here but in split {current.split} above",
                     skip_bad_examples, report,
                 )
                 continue
-            split = name
-        key = posixpath.normpath(image.strip().replace("\\", "/"))
-        if current is not None and current[0] == key:
-            if current[1] != split:
-                reject_example(
-                    where, f"image {key} is in split {split} here but in split {current[1]} above",
-                    skip_bad_examples, report,
-                )
-                continue
-            current[5] = number
         else:
             if current is not None:
                 finished = finish(current)
                 if finished is not None:
                     yield finished
-            digest = _key_digest(key)
+            digest = _key_digest(row.key)
             if digest in done:
                 reject_example(
-                    where,
-                    f"image {key} already appeared in earlier rows; a streamed manifest "
+                    row.where,
+                    f"image {row.key} already appeared in earlier rows; a streamed manifest "
                     "must keep the rows of one image together (sort it by image)",
                     skip_bad_examples, report,
                 )
                 current = None
                 continue
             done.add(digest)
-            current = [key, split, caption_formats._resolve(base_dir, image.strip()), [], number, number]
-        for caption in captions:
-            caption = " ".join(caption.split())
-            if caption:
-                current[3].append(caption)
-            else:
-                report.dropped_empty_captions += 1
+            current = ImageGroup(key=row.key, path=image_path(path, row), split=row.split)
+        current.numbers.append(row.number)
+        for caption in row.captions:
+            current.add_caption(caption, report)
     if current is not None:
         finished = finish(current)
         if finished is not None:
@@ -413,13 +386,8 @@ def caption_train_dataset(
 
     def decode(position, serialized):
         example = parse_caption_example(serialized)
-        captions = example["captions"]
-        n = tf.shape(captions, out_type=tf.int64)[0]
-        choice = tf.random.stateless_uniform(
-            (), seed=tf.stack([tf.cast(seed, tf.int64), position]), maxval=n, dtype=tf.int64
-        )
         image = decode_image(example["image"], image_size)
-        return tf.cast(tf.round(image), tf.uint8), captions[choice]
+        return tf.cast(tf.round(image), tf.uint8), choose_caption(seed, position, example["captions"])
 
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=True)

@@ -2,6 +2,7 @@
 
 import keras
 import keras_hub
+import numpy as np
 import tensorflow as tf
 from keras import ops, tree
 

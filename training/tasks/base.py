@@ -23,6 +23,30 @@ import json
 import os
 
 from training import distribute
+from training.presets import resolve_preset
+
+
+def image_encoder_kwargs(image_cfg):
+    """`ImageEncoder` arguments of an `ImageEncoderConfig` (presets resolved to folders)."""
+    return {
+        "stem_filters": image_cfg.stem_filters,
+        "convs_per_stage": image_cfg.convs_per_stage,
+        "stem_norm": image_cfg.stem_norm,
+        "backbone_class": image_cfg.backbone_class,
+        "backbone_kwargs": image_cfg.backbone_kwargs,
+        "backbone_preset": resolve_preset(image_cfg.backbone_preset),
+    }
+
+
+def text_encoder_kwargs(text_cfg):
+    """`TextEncoder` arguments of a `TextEncoderConfig` (presets resolved to folders)."""
+    return {
+        "num_layers": text_cfg.num_layers,
+        "pooling": text_cfg.pooling,
+        "backbone_class": text_cfg.backbone_class,
+        "backbone_kwargs": text_cfg.backbone_kwargs,
+        "backbone_preset": resolve_preset(text_cfg.backbone_preset),
+    }
 
 
 class DataError(ValueError):

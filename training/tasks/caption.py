@@ -19,9 +19,9 @@ from mmkeras.metrics.caption_metrics import novel_word_rate
 from mmkeras.models import build_image_captioner
 from training import distribute
 from training import loop
-from training.presets import resolve_preset
 from training.tasks.base import DataError
 from training.tasks.base import Task
+from training.tasks.base import image_encoder_kwargs
 
 
 def load_splits(data_cfg, seed, work_dir=None):
@@ -91,12 +91,7 @@ def build_model(cfg, tokenizer):
         num_heads=cfg.model.num_heads,
         intermediate_dim=cfg.model.intermediate_dim,
         dropout=cfg.model.dropout,
-        stem_filters=image.stem_filters,
-        convs_per_stage=image.convs_per_stage,
-        stem_norm=image.stem_norm,
-        backbone_class=image.backbone_class,
-        backbone_kwargs=image.backbone_kwargs,
-        backbone_preset=resolve_preset(image.backbone_preset),
+        **image_encoder_kwargs(image),
         tokenizer=tokenizer,
         start_token_id=ids["start"],
         end_token_id=ids["end"],
@@ -111,6 +106,29 @@ def generate_captions(model, records, image_size, batch_size, synthetic=None, me
     for images in caption_pipeline.eval_image_dataset(records, image_size, batch_size, synthetic):
         captions.extend(model.caption(images, method=method, **generate_kwargs))
     return captions
+
+
+def sharded_train_dataset(task, strategy, examples_seen, tokenizer=None, sequence_length=None,
+                          model_inputs=None):
+    """The distributed training stream of a `tfrecord:DIR` caption data set (any caption-data task).
+
+    Each worker reads its own shards (file-based sharding) at the per-replica
+    batch size; it skips serialized records, <= 1 epoch. `tokenizer` and
+    `sequence_length` make the captioner's teacher-forcing inputs,
+    `model_inputs` any other (see `tfrecords.caption_train_dataset`).
+    """
+    data_cfg, global_batch = task.cfg.data, task.cfg.data.batch_size
+
+    def worker_dataset(context):
+        return tfrecords.caption_train_dataset(
+            task.sharded_dir, tokenizer, data_cfg.image_size, sequence_length,
+            context.get_per_replica_batch_size(global_batch), seed=task.cfg.train.seed,
+            augment=data_cfg.augment, num_input_pipelines=context.num_input_pipelines,
+            input_pipeline_id=context.input_pipeline_id,
+            start_example=examples_seen // context.num_input_pipelines, model_inputs=model_inputs,
+        )
+
+    return strategy.distribute_datasets_from_function(worker_dataset)
 
 
 class CaptionTask(Task):
@@ -183,20 +201,8 @@ class CaptionTask(Task):
     def train_dataset(self, strategy, examples_seen):
         if not self.sharded_dir:
             return super().train_dataset(strategy, examples_seen)
-        data_cfg, global_batch = self.cfg.data, self.cfg.data.batch_size
-
-        # Each worker reads its own shards (file-based sharding) at the
-        # per-replica batch size; it skips serialized records, <= 1 epoch.
-        def worker_dataset(context):
-            return tfrecords.caption_train_dataset(
-                self.sharded_dir, self.tokenizer, data_cfg.image_size, data_cfg.sequence_length,
-                context.get_per_replica_batch_size(global_batch), seed=self.cfg.train.seed,
-                augment=data_cfg.augment, num_input_pipelines=context.num_input_pipelines,
-                input_pipeline_id=context.input_pipeline_id,
-                start_example=examples_seen // context.num_input_pipelines,
-            )
-
-        return strategy.distribute_datasets_from_function(worker_dataset)
+        return sharded_train_dataset(self, strategy, examples_seen, tokenizer=self.tokenizer,
+                                     sequence_length=self.cfg.data.sequence_length)
 
     def validation_dataset(self):
         records = self.splits.get("validation") or []
@@ -277,7 +283,7 @@ class CaptionTask(Task):
             model, export_dir, self.export_name, self.cfg.export.version or None,
             vocabulary_file=self.vocabulary_file, num_beams=self.cfg.caption.num_beams,
             no_repeat_ngram_size=self.cfg.caption.no_repeat_ngram_size,
-            length_penalty=self.cfg.caption.length_penalty,
+            length_penalty=self.cfg.caption.length_penalty, max_pixels=self.cfg.export.max_pixels,
         )
 
     def assets(self):

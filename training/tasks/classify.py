@@ -37,6 +37,8 @@ from training.presets import resolve_preset
 from training.tasks.base import ConfigError
 from training.tasks.base import DataError
 from training.tasks.base import Task
+from training.tasks.base import image_encoder_kwargs
+from training.tasks.base import text_encoder_kwargs
 
 # Ablation: which modality each evaluation keeps.
 ABLATIONS = {"image_only": (1.0, 0.0), "text_only": (0.0, 1.0)}
@@ -214,21 +216,8 @@ class ClassifyTask(Task):
             label_names=self.label_names,
             multi_label=self.data.multi_label,
             text_preprocessor=self.text_preprocessor,
-            image_encoder_kwargs={
-                "stem_filters": image.stem_filters,
-                "convs_per_stage": image.convs_per_stage,
-                "stem_norm": image.stem_norm,
-                "backbone_class": image.backbone_class,
-                "backbone_kwargs": image.backbone_kwargs,
-                "backbone_preset": resolve_preset(image.backbone_preset),
-            },
-            text_encoder_kwargs={
-                "num_layers": text.num_layers,
-                "pooling": text.pooling,
-                "backbone_class": text.backbone_class,
-                "backbone_kwargs": text.backbone_kwargs,
-                "backbone_preset": resolve_preset(text.backbone_preset),
-            },
+            image_encoder_kwargs=image_encoder_kwargs(image),
+            text_encoder_kwargs=text_encoder_kwargs(text),
         )
 
     def encoders(self, model):
@@ -398,7 +387,8 @@ class ClassifyTask(Task):
         from serving.export import export_classifier
 
         return export_classifier(
-            model, export_dir, self.export_name, self.cfg.export.version or None, assets=self.assets()
+            model, export_dir, self.export_name, self.cfg.export.version or None, assets=self.assets(),
+            max_pixels=self.cfg.export.max_pixels,
         )
 
     def assets(self):

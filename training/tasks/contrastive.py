@@ -16,7 +16,6 @@ import tensorflow as tf
 from absl import logging
 
 from mmkeras.data import caption_pipeline
-from mmkeras.data import tfrecords
 from mmkeras.data.contrastive_pipeline import contrastive_dataset
 from mmkeras.data.contrastive_pipeline import contrastive_inputs
 from mmkeras.data.contrastive_pipeline import text_dataset
@@ -32,8 +31,11 @@ from training import transfer
 from training import zero_shot
 from training.presets import resolve_preset
 from training.tasks.base import Task
+from training.tasks.base import image_encoder_kwargs
+from training.tasks.base import text_encoder_kwargs
 from training.tasks.caption import CaptionTask
 from training.tasks.caption import load_splits
+from training.tasks.caption import sharded_train_dataset
 
 
 def first_caption(record):
@@ -122,19 +124,8 @@ class ContrastiveTask(Task):
     def train_dataset(self, strategy, examples_seen):
         if not self.sharded_dir:
             return super().train_dataset(strategy, examples_seen)
-        data_cfg, global_batch = self.cfg.data, self.cfg.data.batch_size
-
-        def worker_dataset(context):
-            return tfrecords.caption_train_dataset(
-                self.sharded_dir, None, data_cfg.image_size, None,
-                context.get_per_replica_batch_size(global_batch), seed=self.cfg.train.seed,
-                augment=data_cfg.augment, num_input_pipelines=context.num_input_pipelines,
-                input_pipeline_id=context.input_pipeline_id,
-                start_example=examples_seen // context.num_input_pipelines,
-                model_inputs=contrastive_inputs(self.text_preprocessor),
-            )
-
-        return strategy.distribute_datasets_from_function(worker_dataset)
+        return sharded_train_dataset(self, strategy, examples_seen,
+                                     model_inputs=contrastive_inputs(self.text_preprocessor))
 
     def validation_dataset(self):
         # One caption per image: the five captions of one image in a batch
@@ -158,21 +149,8 @@ class ContrastiveTask(Task):
             loss=cfg.contrastive.loss,
             logit_scale_init=cfg.contrastive.logit_scale_init or None,
             text_preprocessor=self.text_preprocessor,
-            image_encoder_kwargs={
-                "stem_filters": image.stem_filters,
-                "convs_per_stage": image.convs_per_stage,
-                "stem_norm": image.stem_norm,
-                "backbone_class": image.backbone_class,
-                "backbone_kwargs": image.backbone_kwargs,
-                "backbone_preset": resolve_preset(image.backbone_preset),
-            },
-            text_encoder_kwargs={
-                "num_layers": text.num_layers,
-                "pooling": text.pooling,
-                "backbone_class": text.backbone_class,
-                "backbone_kwargs": text.backbone_kwargs,
-                "backbone_preset": resolve_preset(text.backbone_preset),
-            },
+            image_encoder_kwargs=image_encoder_kwargs(image),
+            text_encoder_kwargs=text_encoder_kwargs(text),
         )
 
     def encoders(self, model):
@@ -239,7 +217,8 @@ class ContrastiveTask(Task):
         from serving.export import export_dual_encoder
 
         return export_dual_encoder(
-            model, export_dir, self.export_name, self.cfg.export.version or None, assets=self.assets())
+            model, export_dir, self.export_name, self.cfg.export.version or None, assets=self.assets(),
+            max_pixels=self.cfg.export.max_pixels)
 
     def assets(self):
         return [self.vocabulary_file] if self.vocabulary_file else []
