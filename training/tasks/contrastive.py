@@ -128,8 +128,9 @@ class ContrastiveTask(Task):
                                      model_inputs=contrastive_inputs(self.text_preprocessor))
 
     def validation_dataset(self):
-        # One caption per image: the five captions of one image in a batch
-        # would be scored as each other's negatives' images.
+        # One caption per image: evaluation batches hold every (image, caption)
+        # pair in order, so an image's five captions would share a batch and
+        # its copies would be each other's false negatives.
         records = [first_caption(r) for r in self.splits.get("validation") or []]
         return self._dataset(records, self.cfg.data.batch_size, training=False) if records else None
 
