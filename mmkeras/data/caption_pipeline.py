@@ -12,6 +12,9 @@ from mmkeras.data.image_table import checked_image_table
 from mmkeras.data.image_table import feature_table
 from mmkeras.data.image_table import table_gather
 from mmkeras.data.synthetic_captions import SYNTHETIC_PREFIX
+from mmkeras.data.tokenizer import END_TOKEN
+from mmkeras.data.tokenizer import PAD_TOKEN
+from mmkeras.data.tokenizer import START_TOKEN
 
 
 def decode_image(image_bytes, image_size, max_pixels=None):
@@ -177,9 +180,9 @@ def teacher_forcing_inputs(tokenizer, sequence_length, augmenter=None, image_key
     """
     packer = keras_hub.layers.StartEndPacker(
         sequence_length=sequence_length + 1,
-        start_value=tokenizer.token_to_id("[START]"),
-        end_value=tokenizer.token_to_id("[END]"),
-        pad_value=tokenizer.token_to_id("[PAD]"),
+        start_value=tokenizer.token_to_id(START_TOKEN),
+        end_value=tokenizer.token_to_id(END_TOKEN),
+        pad_value=tokenizer.token_to_id(PAD_TOKEN),
         return_padding_mask=True,
     )
 

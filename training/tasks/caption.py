@@ -11,6 +11,7 @@ from mmkeras.data.caption_formats import CAPTION_FILE_KINDS
 from mmkeras.data.caption_formats import load_caption_data
 from mmkeras.data.data_spec import parse_data_spec
 from mmkeras.data.records import LoadReport
+from mmkeras.data.splits import SPLITS
 from mmkeras.data.synthetic_captions import SyntheticCaptions
 from mmkeras.data.tokenizer import build_tokenizer, learn_vocabulary, special_token_ids, split_words
 from mmkeras.metrics import caption_metrics
@@ -66,7 +67,7 @@ def _load_splits(data_cfg, seed, work_dir=None):
             num_validation=data_cfg.synthetic_num_validation,
             num_test=data_cfg.synthetic_num_test,
         )
-        splits = {s: synthetic.records(s) for s in ("train", "validation", "test")}
+        splits = {s: synthetic.records(s) for s in SPLITS}
         report = LoadReport()
         report.count(splits)
     else:
