@@ -8,6 +8,7 @@ from keras import ops
 from mmkeras.layers.image_encoder import ImageEncoder
 from mmkeras.layers.text_encoder import TextEncoder
 from mmkeras.models import contrastive_losses
+from mmkeras.models.image_text_model import ImageTextModel
 from mmkeras.models.replica_utils import gather_over_replicas
 from mmkeras.models.replica_utils import scale_for_replicas
 from mmkeras.models.replica_utils import sum_over_replicas
@@ -33,7 +34,7 @@ class ClipValue(keras.constraints.Constraint):
 
 
 @keras.saving.register_keras_serializable(package="mmkeras")
-class DualEncoder(keras.Model):
+class DualEncoder(ImageTextModel):
     """Embeds images and texts into one L2-normalised space, trained contrastively.
 
     An `ImageEncoder` and a `TextEncoder` give pooled vectors; linear
@@ -155,19 +156,6 @@ class DualEncoder(keras.Model):
         )
         self.built = True
 
-    def get_build_config(self):
-        return {"images_shape": [None, self.image_size, self.image_size, 3],
-                "token_ids_shape": [None, self.sequence_length]}
-
-    def build_from_config(self, config):
-        self.build({"images": tuple(config["images_shape"]), "token_ids": tuple(config["token_ids_shape"])})
-
-    @property
-    def sequence_length(self):
-        if self.text_preprocessor is not None:
-            return self.text_preprocessor.sequence_length
-        return self.text_encoder.sequence_length
-
     def get_config(self):
         config = super().get_config()
         config.update({
@@ -183,14 +171,6 @@ class DualEncoder(keras.Model):
             "image_size": self.image_size,
         })
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        for key in ("image_encoder", "text_encoder", "text_preprocessor"):
-            if isinstance(config.get(key), dict):
-                config[key] = keras.layers.deserialize(config[key])
-        return cls(**config)
 
     def compile(self, *args, **kwargs):
         super().compile(*args, **kwargs)

@@ -6,12 +6,13 @@ from keras import ops
 from mmkeras.layers.fusion import get_fusion
 from mmkeras.layers.image_encoder import ImageEncoder
 from mmkeras.layers.text_encoder import TextEncoder
+from mmkeras.models.image_text_model import ImageTextModel
 from mmkeras.models.replica_utils import scale_for_replicas
 from mmkeras.models.replica_utils import sum_over_replicas
 
 
 @keras.saving.register_keras_serializable(package="mmkeras")
-class FusionClassifier(keras.Model):
+class FusionClassifier(ImageTextModel):
     """Predicts labels from an image and a text through a fusion layer.
 
     An `ImageEncoder` and a `TextEncoder` encode the two inputs into tokens
@@ -75,6 +76,8 @@ class FusionClassifier(keras.Model):
     >>> outputs["logits"].shape
     (2, 3)
     """
+
+    NESTED_LAYERS = ImageTextModel.NESTED_LAYERS + ("fusion",)
 
     def __init__(
         self,
@@ -169,21 +172,6 @@ class FusionClassifier(keras.Model):
         )
         self.built = True
 
-    def get_build_config(self):
-        return {
-            "images_shape": [None, self.image_size, self.image_size, 3],
-            "token_ids_shape": [None, self.sequence_length],
-        }
-
-    def build_from_config(self, config):
-        self.build({"images": tuple(config["images_shape"]), "token_ids": tuple(config["token_ids_shape"])})
-
-    @property
-    def sequence_length(self):
-        if self.text_preprocessor is not None:
-            return self.text_preprocessor.sequence_length
-        return self.text_encoder.sequence_length
-
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -204,14 +192,6 @@ class FusionClassifier(keras.Model):
             }
         )
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        for key in ("image_encoder", "text_encoder", "fusion", "text_preprocessor"):
-            if isinstance(config.get(key), dict):
-                config[key] = keras.layers.deserialize(config[key])
-        return cls(**config)
 
     # Forward pass.
     def _presence(self, inputs, batch, training):
