@@ -171,3 +171,26 @@ def test_cross_validated_fusion_weights_and_early_stopping(tmp_path):
     assert state["metric"] == "val_accuracy" and (model_dir / "best.weights.h5").exists()
     metrics = json.loads((model_dir / "eval_metrics.json").read_text())
     assert metrics["best_step"] == state["best_step"]
+
+
+def test_every_command_imports_into_one_process():
+    # Flags are defined only under __main__: a user's script (or this suite) may import any
+    # mix of the commands without absl's DuplicateFlagError.
+    code = ("import importlib\n"
+            "for name in ('training.train', 'training.ensemble', 'training.prepare_data', "
+            "'training.search', 'training.explain', 'training.report', 'training.presets', "
+            "'serving.export'):\n"
+            "    module = importlib.import_module(name)\n"
+            "    assert hasattr(module, 'main'), name\n"
+            "print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("module", ["training.ensemble", "training.prepare_data"])
+def test_other_commands_still_document_their_flags(module):
+    proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode in (0, 1)
+    assert "--output" in proc.stdout or "--members" in proc.stdout, proc.stdout[-2000:]

@@ -33,23 +33,28 @@ import numpy as np
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list(
-    "members", [], "Comma-separated run directories of trained classifiers "
-    "(each with config.json and model.keras from python -m training.train); at least 2."
-)
-flags.DEFINE_enum(
-    "method", "average", ["vote", "average", "stacking"],
-    "How member predictions are combined: `vote` (majority of the members' top classes, "
-    "ties to the higher mean probability), `average` (weighted mean of probabilities) or "
-    "`stacking` (a dense meta-classifier fitted on the members' validation predictions).",
-)
-flags.DEFINE_list("weights", None, "Member weights for --method=average, e.g. 0.5,0.5 (default: equal).")
-flags.DEFINE_string("model_dir", "runs/ensemble", "Where the ensemble's metrics, report and model.keras go.")
-flags.DEFINE_string(
-    "export_dir", "saved_models", "SavedModels go to <export_dir>/<name>/<version>/. Empty string: do not export."
-)
-flags.DEFINE_string("name", "classifier_ensemble", "Model name of the export under --export_dir.")
-flags.DEFINE_integer("version", 0, "Export version; 0: one more than the highest existing.")
+
+
+def define_flags():
+    # Defined only when run as a program, so that one process can import every CLI module.
+    flags.DEFINE_list(
+        "members", [], "Comma-separated run directories of trained classifiers "
+        "(each with config.json and model.keras from python -m training.train); at least 2."
+    )
+    flags.DEFINE_enum(
+        "method", "average", ["vote", "average", "stacking"],
+        "How member predictions are combined: `vote` (majority of the members' top classes, "
+        "ties to the higher mean probability), `average` (weighted mean of probabilities) or "
+        "`stacking` (a dense meta-classifier fitted on the members' validation predictions).",
+    )
+    flags.DEFINE_list("weights", None, "Member weights for --method=average, e.g. 0.5,0.5 (default: equal).")
+    flags.DEFINE_string("model_dir", "runs/ensemble", "Where the ensemble's metrics, report and model.keras go.")
+    flags.DEFINE_string(
+        "export_dir", "saved_models", "SavedModels go to <export_dir>/<name>/<version>/. Empty string: do not export."
+    )
+    flags.DEFINE_string("name", "classifier_ensemble", "Model name of the export under --export_dir.")
+    flags.DEFINE_integer("version", 0, "Export version; 0: one more than the highest existing.")
+
 
 class EnsembleError(ValueError):
     """The members or their data cannot form an ensemble; the message says which and why."""
@@ -333,4 +338,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

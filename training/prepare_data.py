@@ -20,23 +20,27 @@ import os
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string(
-    "data", "synthetic",
-    "Data to convert: `synthetic`, `csv:FILE`, `jsonl:FILE`, `flickr8k:DIR` or "
-    "`coco:CAPTIONS_JSON:IMAGE_DIR`.",
-)
-flags.DEFINE_string("output", None, "Folder to write the shards and dataset_info.json into.")
-flags.DEFINE_integer("num_shards", 16, "Number of training shards.")
-flags.DEFINE_bool(
-    "skip_bad_examples", False,
-    "Skip (and count) unreadable images and malformed rows instead of stopping.",
-)
-flags.DEFINE_string(
-    "experiment", "caption_synthetic",
-    "For --data=synthetic: the experiment whose data section (image size, split "
-    "sizes) and seed define the images.",
-)
-flags.mark_flag_as_required("output")
+
+
+def define_flags():
+    # Defined only when run as a program, so that one process can import every CLI module.
+    flags.DEFINE_string(
+        "data", "synthetic",
+        "Data to convert: `synthetic`, `csv:FILE`, `jsonl:FILE`, `flickr8k:DIR` or "
+        "`coco:CAPTIONS_JSON:IMAGE_DIR`.",
+    )
+    flags.DEFINE_string("output", None, "Folder to write the shards and dataset_info.json into.")
+    flags.DEFINE_integer("num_shards", 16, "Number of training shards.")
+    flags.DEFINE_bool(
+        "skip_bad_examples", False,
+        "Skip (and count) unreadable images and malformed rows instead of stopping.",
+    )
+    flags.DEFINE_string(
+        "experiment", "caption_synthetic",
+        "For --data=synthetic: the experiment whose data section (image size, split "
+        "sizes) and seed define the images.",
+    )
+    flags.mark_flag_as_required("output")
 
 
 def _examples(spec, skip_bad_examples, report):
@@ -103,4 +107,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

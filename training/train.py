@@ -31,82 +31,86 @@ from training import config as config_lib
 from training.tasks import TASK_NAMES
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum(
-    "task", "caption", list(TASK_NAMES),
-    "What to train: `caption` (image captioning), `classify` (image+text "
-    "classification with a fusion strategy), `vqa` (classification over the "
-    "answer vocabulary) or `contrastive` (CLIP-style dual encoder for retrieval, "
-    "zero-shot classification and pretraining towers for --init_from).",
-)
-flags.DEFINE_string(
-    "experiment",
-    None,
-    "Named experiment to start from: " + ", ".join(config_lib.EXPERIMENTS) + ". Defaults "
-    "to the data set's experiment (" + ", ".join(
-        f"--task={t} --data={d}: {e}" for (t, d), e in config_lib.DATA_EXPERIMENTS.items())
-    + "), else the task's synthetic one (" + ", ".join(
-        f"{t}: {e}" for t, e in config_lib.DEFAULT_EXPERIMENTS.items()) + ").",
-)
-flags.DEFINE_string(
-    "data",
-    None,
-    "Data; overrides data.spec. caption: synthetic, flickr8k, coco, csv, jsonl, "
-    "tfrecord; contrastive: the caption kinds; classify/vqa: synthetic (VQA questions about the shapes), easy_vqa, "
-    "flickr8k_match, csv, jsonl (manifest columns image, text, label or labels). "
-    "Forms:\n" + describe_kinds(),
-)
-flags.DEFINE_string(
-    "fusion", None,
-    "classify/vqa: how image and text are fused; overrides model.fusion. One of:\n"
-    + "\n".join(f"  {name}: {text}" for name, text in FUSION_DESCRIPTIONS.items()),
-)
-flags.DEFINE_string("model_dir", None, "Where config, checkpoints, logs and metrics go (default runs/<task>).")
-flags.DEFINE_string(
-    "export_dir", "saved_models", "SavedModels go to <export_dir>/<model_name>/<version>/. "
-    "Empty string: do not export."
-)
-flags.DEFINE_float(
-    "max_minutes", None, "Stop training after this many minutes (evaluation and "
-    "export still run). Overrides train.max_minutes; 0 means no limit."
-)
-flags.DEFINE_integer("max_steps", None, "Number of optimizer steps. Overrides train.steps.")
-flags.DEFINE_multi_string(
-    "set", [], "Override a config field, e.g. --set=model.hidden_dim=64 --set=train.learning_rate=1e-3."
-)
-flags.DEFINE_bool(
-    "skip_bad_examples", False, "Skip (and count) unreadable images and malformed rows "
-    "instead of stopping with an error naming them."
-)
-flags.DEFINE_enum(
-    "strategy", "default", ["default", "mirrored", "multi_worker"],
-    "tf.distribute strategy: `default` (one device), `mirrored` (all local GPUs, "
-    "or --cpu_replicas logical CPU devices) or `multi_worker` "
-    "(MultiWorkerMirroredStrategy over the workers in the TF_CONFIG environment "
-    "variable; see docs/multi_worker.md). data.batch_size is the global batch."
-)
-flags.DEFINE_integer("cpu_replicas", 0, "With --strategy=mirrored and no GPU: number of logical CPU devices.")
-flags.DEFINE_enum(
-    "mixed_precision", None, ["float32", "mixed_float16", "mixed_bfloat16"],
-    "Keras dtype policy; mixed_float16 adds dynamic loss scaling. Overrides "
-    "train.mixed_precision."
-)
-flags.DEFINE_bool("jit_compile", None, "XLA-compile the training step. Overrides train.jit_compile.")
-flags.DEFINE_string(
-    "init_from", None, "A finished run's --model_dir (e.g. a --task=contrastive dual encoder): its "
-    "image and text encoders initialise this model's (the captioner takes the image tower). "
-    "Overrides model.init_from; the freezing options (model.image_encoder.trainable, ...) apply after."
-)
-flags.DEFINE_integer(
-    "lora_rank", None, "With R > 0: train rank-R LoRA adapters of the towers' Dense/EinsumDense/"
-    "Embedding layers instead of the towers (the rest of them frozen; heads, fusion and decoder "
-    "train). Overrides model.lora_rank."
-)
-flags.DEFINE_integer("verbose", 1, "Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.")
-flags.DEFINE_bool(
-    "report", True, "At the end of the run, write MODEL_DIR/report.html (python -m training.report): "
-    "metrics, training curves, sample predictions, attention maps. A report error is logged and does "
-    "not fail the run."
-)
+
+
+def define_flags():
+    # Defined only when run as a program, so that one process can import every CLI module.
+    flags.DEFINE_enum(
+        "task", "caption", list(TASK_NAMES),
+        "What to train: `caption` (image captioning), `classify` (image+text "
+        "classification with a fusion strategy), `vqa` (classification over the "
+        "answer vocabulary) or `contrastive` (CLIP-style dual encoder for retrieval, "
+        "zero-shot classification and pretraining towers for --init_from).",
+    )
+    flags.DEFINE_string(
+        "experiment",
+        None,
+        "Named experiment to start from: " + ", ".join(config_lib.EXPERIMENTS) + ". Defaults "
+        "to the data set's experiment (" + ", ".join(
+            f"--task={t} --data={d}: {e}" for (t, d), e in config_lib.DATA_EXPERIMENTS.items())
+        + "), else the task's synthetic one (" + ", ".join(
+            f"{t}: {e}" for t, e in config_lib.DEFAULT_EXPERIMENTS.items()) + ").",
+    )
+    flags.DEFINE_string(
+        "data",
+        None,
+        "Data; overrides data.spec. caption: synthetic, flickr8k, coco, csv, jsonl, "
+        "tfrecord; contrastive: the caption kinds; classify/vqa: synthetic (VQA questions about the shapes), easy_vqa, "
+        "flickr8k_match, csv, jsonl (manifest columns image, text, label or labels). "
+        "Forms:\n" + describe_kinds(),
+    )
+    flags.DEFINE_string(
+        "fusion", None,
+        "classify/vqa: how image and text are fused; overrides model.fusion. One of:\n"
+        + "\n".join(f"  {name}: {text}" for name, text in FUSION_DESCRIPTIONS.items()),
+    )
+    flags.DEFINE_string("model_dir", None, "Where config, checkpoints, logs and metrics go (default runs/<task>).")
+    flags.DEFINE_string(
+        "export_dir", "saved_models", "SavedModels go to <export_dir>/<model_name>/<version>/. "
+        "Empty string: do not export."
+    )
+    flags.DEFINE_float(
+        "max_minutes", None, "Stop training after this many minutes (evaluation and "
+        "export still run). Overrides train.max_minutes; 0 means no limit."
+    )
+    flags.DEFINE_integer("max_steps", None, "Number of optimizer steps. Overrides train.steps.")
+    flags.DEFINE_multi_string(
+        "set", [], "Override a config field, e.g. --set=model.hidden_dim=64 --set=train.learning_rate=1e-3."
+    )
+    flags.DEFINE_bool(
+        "skip_bad_examples", False, "Skip (and count) unreadable images and malformed rows "
+        "instead of stopping with an error naming them."
+    )
+    flags.DEFINE_enum(
+        "strategy", "default", ["default", "mirrored", "multi_worker"],
+        "tf.distribute strategy: `default` (one device), `mirrored` (all local GPUs, "
+        "or --cpu_replicas logical CPU devices) or `multi_worker` "
+        "(MultiWorkerMirroredStrategy over the workers in the TF_CONFIG environment "
+        "variable; see docs/multi_worker.md). data.batch_size is the global batch."
+    )
+    flags.DEFINE_integer("cpu_replicas", 0, "With --strategy=mirrored and no GPU: number of logical CPU devices.")
+    flags.DEFINE_enum(
+        "mixed_precision", None, ["float32", "mixed_float16", "mixed_bfloat16"],
+        "Keras dtype policy; mixed_float16 adds dynamic loss scaling. Overrides "
+        "train.mixed_precision."
+    )
+    flags.DEFINE_bool("jit_compile", None, "XLA-compile the training step. Overrides train.jit_compile.")
+    flags.DEFINE_string(
+        "init_from", None, "A finished run's --model_dir (e.g. a --task=contrastive dual encoder): its "
+        "image and text encoders initialise this model's (the captioner takes the image tower). "
+        "Overrides model.init_from; the freezing options (model.image_encoder.trainable, ...) apply after."
+    )
+    flags.DEFINE_integer(
+        "lora_rank", None, "With R > 0: train rank-R LoRA adapters of the towers' Dense/EinsumDense/"
+        "Embedding layers instead of the towers (the rest of them frozen; heads, fusion and decoder "
+        "train). Overrides model.lora_rank."
+    )
+    flags.DEFINE_integer("verbose", 1, "Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.")
+    flags.DEFINE_bool(
+        "report", True, "At the end of the run, write MODEL_DIR/report.html (python -m training.report): "
+        "metrics, training curves, sample predictions, attention maps. A report error is logged and does "
+        "not fail the run."
+    )
 
 
 def resolve_config():
@@ -207,4 +211,5 @@ def write_run_report(model_dir, model):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
