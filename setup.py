@@ -27,6 +27,7 @@ INSTALL_REQUIRES = [
 TEST_REQUIRES = [
     "pytest>=8",
     "pytest-timeout",
+    "pytest-xdist",  # the suite runs on two workers (README, .ci/run)
     "pycocoevalcap==1.2",
     "scikit-learn",  # reference implementation the classification metrics are checked against
 ]

@@ -46,9 +46,10 @@ def main(argv):
     from mmkeras.data.tokenizer import build_tokenizer, learn_vocabulary
     from training import config as config_lib
     from training import experiment
+    from training import named_experiments
     from training.tasks import caption as caption_task
 
-    cfg = config_lib.get_experiment("caption_synthetic")
+    cfg = named_experiments.get_experiment("caption_synthetic")
     batch = FLAGS.batch_size
     synthetic = SyntheticCaptions(seed=0, image_size=cfg.data.image_size, num_train=4 * batch,
                                   num_validation=0, num_test=batch)

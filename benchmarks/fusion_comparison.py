@@ -70,9 +70,9 @@ COLUMNS = ("fusion", "test accuracy", "macro-F1", "accuracy image only", "accura
 
 def planned_steps():
     """`train.steps` of each run: --steps, else the experiment's."""
-    from training import config as config_lib
+    from training import named_experiments
 
-    return FLAGS.steps or config_lib.get_experiment(FLAGS.experiment).train.steps
+    return FLAGS.steps or named_experiments.get_experiment(FLAGS.experiment).train.steps
 
 
 def train(fusion, runs_dir, logs_dir):

@@ -46,10 +46,10 @@ QUERIES = ("a dog on the grass", "two children playing in the water", "a man rid
 
 
 def untrained_model_dir(root):
-    from training import config as config_lib
+    from training import named_experiments
     from training.tasks.contrastive import ContrastiveTask
 
-    cfg = config_lib.get_experiment("contrastive_flickr8k_pretrained")
+    cfg = named_experiments.get_experiment("contrastive_flickr8k_pretrained")
     task = ContrastiveTask(cfg, root)
     # Only the tokenizer and the towers are needed: no data is read.
     from mmkeras.data.text_preprocessor import text_preprocessor_from_preset

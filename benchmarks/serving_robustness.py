@@ -314,12 +314,13 @@ def tiny_captioner(work_dir):
     from mmkeras.data.tokenizer import build_tokenizer, learn_vocabulary
     from serving.export import export_captioner
     from training import config as config_lib
+    from training import named_experiments
     from training.tasks import caption as caption_task
 
     keras.utils.set_random_seed(FLAGS.seed)
     words = "a the red green blue small large square circle triangle on left right of picture".split()
     tokenizer = build_tokenizer(learn_vocabulary([" ".join(words)] * 4, 64, level="word"))
-    cfg = config_lib.override(config_lib.get_experiment("caption_tiny"), ["data.sequence_length=8"])
+    cfg = config_lib.override(named_experiments.get_experiment("caption_tiny"), ["data.sequence_length=8"])
     model = caption_task.build_model(cfg, tokenizer)
     export_captioner(model, work_dir, FLAGS.model_name, version=1, num_beams=2)
     base_path = os.path.join(work_dir, FLAGS.model_name)

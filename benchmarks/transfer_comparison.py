@@ -91,6 +91,7 @@ def cell(value):
 def main(argv):
     del argv
     from training import config as config_lib
+    from training import named_experiments
 
     variants = [v.strip() for v in FLAGS.variants if v.strip()]
     if not variants or any(v not in VARIANTS for v in variants):
@@ -104,7 +105,7 @@ def main(argv):
     rows = []
     for variant in variants:
         experiment, overrides = variant_flags(variant)
-        cfg = config_lib.override(config_lib.get_experiment(experiment), [o.split("=", 1)[1] for o in overrides])
+        cfg = config_lib.override(named_experiments.get_experiment(experiment), [o.split("=", 1)[1] for o in overrides])
         train_flags = [f"--experiment={experiment}", f"--data={FLAGS.data}", "--export_dir=",
                        f"--max_minutes={FLAGS.minutes}", f"--set=train.seed={FLAGS.seed}"] + overrides
         metrics = train_run(variant, train_flags, os.path.join(runs_dir, variant),

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from training import config as config_lib
 from training import experiment
+from training import named_experiments
 
 # The cheapest captioner found whose colour words attend to their shape:
 # 32 px images (an 8x8 token grid of 4 px cells), one decoder layer of width
@@ -27,7 +28,7 @@ _RUNS = {}
 def attending_captioner_run(tmp_path_factory):
     """`(model_dir, model)` of the attending captioner's run, trained once per session."""
     if "captioner" not in _RUNS:
-        cfg = config_lib.override(config_lib.get_experiment("caption_tiny"), list(ATTENDING_CAPTIONER))
+        cfg = config_lib.override(named_experiments.get_experiment("caption_tiny"), list(ATTENDING_CAPTIONER))
         model_dir = tmp_path_factory.mktemp("captioner_run")
         results = experiment.run(cfg, str(model_dir), "", tf.distribute.get_strategy(), verbose=0)
         _RUNS["captioner"] = (model_dir, results["model"])

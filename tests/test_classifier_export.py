@@ -14,6 +14,7 @@ import tensorflow_text  # noqa: F401  (registers the TF Text ops the export uses
 from mmkeras.data.caption_pipeline import image_bytes
 from training import config as config_lib
 from training import experiment
+from training import named_experiments
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +22,7 @@ QUIET_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 def _run_classifier(root, overrides):
-    cfg = config_lib.override(config_lib.get_experiment("classify_tiny"), overrides)
+    cfg = config_lib.override(named_experiments.get_experiment("classify_tiny"), overrides)
     model_dir, export_dir = str(root / "run"), str(root / "saved_models")
     results = experiment.run(cfg, model_dir, export_dir, tf.distribute.get_strategy(), verbose=0)
     task = results["task"]

@@ -6,12 +6,13 @@ import json
 import pytest
 
 from training import config as config_lib
+from training import named_experiments
 from training.tasks import TASK_NAMES, get_task
 
 
-@pytest.mark.parametrize("name", sorted(config_lib.EXPERIMENTS))
+@pytest.mark.parametrize("name", sorted(named_experiments.EXPERIMENTS))
 def test_every_experiment_round_trips_through_json(name):
-    cfg = config_lib.get_experiment(name)
+    cfg = named_experiments.get_experiment(name)
     assert cfg.task in TASK_NAMES
     restored = config_lib.from_dict(config_lib.ExperimentConfig, json.loads(config_lib.to_json(cfg)))
     assert restored == cfg
@@ -21,23 +22,23 @@ def test_every_experiment_round_trips_through_json(name):
 
 
 def test_default_experiments_match_their_tasks():
-    for task, name in config_lib.DEFAULT_EXPERIMENTS.items():
-        assert config_lib.get_experiment(name).task == task
+    for task, name in named_experiments.DEFAULT_EXPERIMENTS.items():
+        assert named_experiments.get_experiment(name).task == task
 
 
 def test_data_sets_with_their_own_experiment_pick_it():
-    assert config_lib.default_experiment("vqa", "easy_vqa") == "vqa_easy_vqa_pretrained"
-    assert config_lib.default_experiment("classify", "flickr8k_match:/d") == "classify_flickr8k_match"
-    assert config_lib.default_experiment("caption", "flickr8k:/d") == "caption_flickr8k"
-    assert config_lib.default_experiment("vqa", "csv:m.csv") == "vqa_synthetic"
-    assert config_lib.default_experiment("caption") == "caption_synthetic"
-    for (task, _), name in config_lib.DATA_EXPERIMENTS.items():
-        assert config_lib.get_experiment(name).task == task
+    assert named_experiments.default_experiment("vqa", "easy_vqa") == "vqa_easy_vqa_pretrained"
+    assert named_experiments.default_experiment("classify", "flickr8k_match:/d") == "classify_flickr8k_match"
+    assert named_experiments.default_experiment("caption", "flickr8k:/d") == "caption_flickr8k"
+    assert named_experiments.default_experiment("vqa", "csv:m.csv") == "vqa_synthetic"
+    assert named_experiments.default_experiment("caption") == "caption_synthetic"
+    for (task, _), name in named_experiments.DATA_EXPERIMENTS.items():
+        assert named_experiments.get_experiment(name).task == task
 
 
 def test_nested_dict_and_tuple_overrides():
     cfg = config_lib.override(
-        config_lib.get_experiment("classify_tiny"),
+        named_experiments.get_experiment("classify_tiny"),
         [
             'model.text_encoder.backbone_kwargs={"num_layers": 1, "hidden_dim": 16}',
             "model.image_encoder.backbone_class=ResNetBackbone",
@@ -53,7 +54,7 @@ def test_nested_dict_and_tuple_overrides():
     assert cfg.classify.cv_grid == (0.2, 0.8)
     assert (cfg.model.fusion, cfg.train.early_stopping_patience) == ("gcn", 3)
     # Overrides never mutate the experiment they started from.
-    assert config_lib.get_experiment("classify_tiny").model.text_encoder.backbone_kwargs == {}
+    assert named_experiments.get_experiment("classify_tiny").model.text_encoder.backbone_kwargs == {}
 
 
 @pytest.mark.parametrize(
@@ -67,10 +68,10 @@ def test_nested_dict_and_tuple_overrides():
 )
 def test_bad_overrides_name_the_field(assignment, message):
     with pytest.raises(ValueError, match=message):
-        config_lib.override(config_lib.get_experiment("classify_tiny"), [assignment])
+        config_lib.override(named_experiments.get_experiment("classify_tiny"), [assignment])
 
 
 def test_vqa_experiments_are_classify_experiments_with_another_task():
-    assert dataclasses.replace(config_lib.get_experiment("vqa_tiny"), task="classify") == (
-        config_lib.get_experiment("classify_tiny")
+    assert dataclasses.replace(named_experiments.get_experiment("vqa_tiny"), task="classify") == (
+        named_experiments.get_experiment("classify_tiny")
     )

@@ -13,6 +13,7 @@ import tensorflow as tf
 from mmkeras.data.caption_pipeline import decode_images, image_bytes
 from training import config as config_lib
 from training import experiment
+from training import named_experiments
 from training.tasks import caption as caption_task
 
 pytestmark = pytest.mark.slow
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
-    cfg = config_lib.override(config_lib.get_experiment("caption_tiny"), ["train.steps=30"])
+    cfg = config_lib.override(named_experiments.get_experiment("caption_tiny"), ["train.steps=30"])
     model_dir, export_dir = str(root / "run"), str(root / "saved_models")
     os.makedirs(model_dir)
     results = experiment.run(cfg, model_dir, export_dir, tf.distribute.get_strategy(), verbose=0)

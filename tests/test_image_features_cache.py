@@ -1,9 +1,7 @@
 """Cached image features of a frozen image encoder: same data, same training."""
 
-import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from mmkeras.data import caption_pipeline
 from mmkeras.data.classification_pipeline import classification_dataset
@@ -14,9 +12,8 @@ from mmkeras.data.text_preprocessor import text_preprocessor_from_vocabulary
 from mmkeras.data.tokenizer import build_tokenizer, learn_vocabulary
 from mmkeras.layers import ImageEncoder
 from training import config as config_lib
-from training import experiment
 from training import finetune
-from training.tasks import get_task
+from tests.training_fixtures import train_in_process
 
 IMAGE_SIZE = 32
 
@@ -70,18 +67,10 @@ def test_frozen_encoder_trains_the_same_with_and_without_the_cache(tmp_path, exp
     # where the features are computed, not what the model learns.
     weights = {}
     for cache in (True, False):
-        cfg = config_lib.override(config_lib.get_experiment(experiment_name), [
+        task, model = train_in_process(experiment_name, [
             "train.steps=6", "model.image_encoder.trainable=none", "model.dropout=0.0",
             f"data.cache_image_features={cache}", "classify.ablation=false",
-        ])
-        model_dir = tmp_path / f"cache_{cache}"
-        model_dir.mkdir()
-        keras.utils.set_random_seed(cfg.train.seed)
-        task = get_task(cfg.task)(cfg, str(model_dir))
-        task.load_data()
-        strategy = tf.distribute.get_strategy()
-        model = experiment.build_compiled_model(task, cfg, strategy, quiet=True)
-        experiment.train_model(task, model, cfg, str(model_dir), strategy, verbose=0)
+        ], tmp_path / f"cache_{cache}")
         assert (task.image_feature_extractor is not None) == cache
         weights[cache] = [w.numpy() for w in model.trainable_weights]
     for a, b in zip(weights[True], weights[False]):

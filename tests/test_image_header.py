@@ -334,6 +334,7 @@ def test_caption_training_takes_greyscale_alpha_and_odd_aspect_images(tmp_path):
     from mmkeras.data.caption_pipeline import caption_dataset, eval_image_dataset
     from mmkeras.data.tokenizer import build_tokenizer, learn_vocabulary
     from training import config as config_lib
+    from training import named_experiments
     from training.tasks import caption as caption_task
 
     images = {
@@ -355,7 +356,7 @@ def test_caption_training_takes_greyscale_alpha_and_odd_aspect_images(tmp_path):
     manifest.write_text("\n".join(rows) + "\n")
     # The data path of `python -m training.train --data=csv:...` (its record
     # checks, image loader and tf.data pipeline) with a tiny model.
-    cfg = config_lib.override(config_lib.get_experiment("caption_tiny"), [f"data.spec=csv:{manifest}"])
+    cfg = config_lib.override(named_experiments.get_experiment("caption_tiny"), [f"data.spec=csv:{manifest}"])
     records, report, _ = caption_task.load_splits(cfg.data, seed=0)
     assert report.skipped_bad_examples == 0 and len(records["train"]) == 6
     tokenizer = build_tokenizer(learn_vocabulary([c for r in records["train"] for c in r.captions], 100))

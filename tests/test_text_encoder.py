@@ -194,3 +194,25 @@ def test_text_encoder_rejects_bad_args(tmp_path):
     (empty / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="incomplete.*model.weights.h5"):
         TextEncoder(backbone_preset=str(empty))
+
+
+@pytest.mark.parametrize("backbone", [None, "BertBackbone"])
+def test_cached_features_encode_like_the_token_ids(backbone):
+    # features() is the part trainable=none freezes; encode_features() the rest:
+    # together they are the call, so cached features change nothing in inference.
+    if backbone:
+        encoder = TextEncoder(backbone_class=backbone, backbone_kwargs=BERT_KWARGS, hidden_dim=8)
+        token_ids, padding_mask = _inputs(50)
+    else:
+        encoder = TextEncoder(**TINY)
+        token_ids, padding_mask = _inputs()
+    expected = _numpy(encoder(token_ids, padding_mask))
+    features = encoder.features(token_ids, padding_mask, training=False)
+    assert tuple(features.shape) == (2,) + tuple(encoder.features_shape((2, LENGTH)))[1:]
+    got = _numpy(encoder.encode_inputs(
+        {"token_ids": token_ids, "padding_mask": padding_mask, "text_features": features}))
+    for key in ("tokens", "pooled"):
+        np.testing.assert_allclose(got[key], expected[key], atol=1e-5)
+    # Without cached features, encode_inputs is the call.
+    plain = _numpy(encoder.encode_inputs({"token_ids": token_ids, "padding_mask": padding_mask}))
+    np.testing.assert_allclose(plain["pooled"], expected["pooled"], atol=1e-6)

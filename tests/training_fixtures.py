@@ -101,3 +101,28 @@ def assert_same_trajectory(expected, actual, max_rtol, mean_rtol, what):
         f"(allowed {max_rtol:.0e}, {mean_rtol:.0e}):\n"
         + "\n".join(f"step {s}: {expected[s]:.6f} vs {actual[s]:.6f}" for s in sorted(expected))
     )
+
+
+def train_in_process(experiment_name, overrides, model_dir):
+    """Trains `experiment_name` with `overrides` in this process; returns `(task, model)`.
+
+    Seeded like `python -m training.train`, so two calls differing in a
+    setting that must not change the result train the same weights.
+    """
+    import keras
+    import tensorflow as tf
+
+    from training import config as config_lib
+    from training import experiment
+    from training import named_experiments
+    from training.tasks import get_task
+
+    cfg = config_lib.override(named_experiments.get_experiment(experiment_name), list(overrides))
+    os.makedirs(model_dir, exist_ok=True)
+    keras.utils.set_random_seed(cfg.train.seed)
+    task = get_task(cfg.task)(cfg, str(model_dir))
+    task.load_data()
+    strategy = tf.distribute.get_strategy()
+    model = experiment.build_compiled_model(task, cfg, strategy, quiet=True)
+    experiment.train_model(task, model, cfg, str(model_dir), strategy, verbose=0)
+    return task, model

@@ -111,6 +111,11 @@ def train_model(task, model, cfg, model_dir, strategy, verbose=1, restore_dir=No
     )
     if task.image_feature_extractor is not None:
         logging.info("Image encoder frozen: training on cached image features.")
+    task.text_feature_extractor = finetune.text_feature_extractor(
+        task.encoders(model).get("text_encoder"), cfg.data
+    )
+    if task.text_feature_extractor is not None:
+        logging.info("Text encoder frozen: training on cached text features.")
     val_ds = task.validation_dataset() if validation else None
     evaluator = loop.Evaluator(model, strategy)
     validate, early_stopping = None, None

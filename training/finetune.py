@@ -18,12 +18,16 @@ of trainable variables.
 
 A fully frozen image feature extractor computes the same features for an
 image at every visit, so `image_feature_extractor` hands it to the training
-pipeline, which runs it once per image and caches the result.
+pipeline, which runs it once per image and caches the result. A fully frozen
+text tower (e.g. MiniLM with `model.text_encoder.trainable=none`) does the same
+per distinct text (`text_feature_extractor`, `text_feature_lookup`).
 """
 
 import re
 
 from absl import logging
+
+from mmkeras.data import text_features
 
 
 def parse_trainable(value, where="trainable"):
@@ -97,6 +101,33 @@ def image_feature_extractor(image_encoder, data_cfg):
         logging.info("Frozen image encoder, features not cached (data.augment or caching off).")
         return None
     return lambda images: image_encoder.features(images, training=False)
+
+
+def text_feature_extractor(text_encoder, data_cfg):
+    """`TextEncoder.features` in inference mode when it can be cached, else None.
+
+    Cached when the text tower's feature extractor (embedding and blocks, or
+    the keras-hub backbone) is frozen and `data.cache_text_features` is on.
+    """
+    if text_encoder is None or not is_frozen(text_encoder):
+        return None
+    if not data_cfg.cache_text_features:
+        logging.info("Frozen text encoder, features not cached (data.cache_text_features=false).")
+        return None
+    return lambda token_ids, padding_mask: text_encoder.features(token_ids, padding_mask, training=False)
+
+
+def text_feature_lookup(extractor, texts, text_preprocessor, data_cfg):
+    """`text_features.feature_lookup` of `texts`, or None (no extractor, or over the memory limit)."""
+    if extractor is None:
+        return None
+    try:
+        return text_features.feature_lookup(
+            texts, text_preprocessor, extractor, max_bytes=data_cfg.max_text_feature_cache_mb * 2**20)
+    except text_features.FeatureCacheTooLargeError as e:
+        logging.warning("%s Encoding the texts at every step instead (raise data.max_text_feature_cache_mb "
+                        "to cache them).", e)
+        return None
 
 
 def count_params(weights):

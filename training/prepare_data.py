@@ -53,9 +53,9 @@ def _examples(spec, skip_bad_examples, report):
     spec = parse_data_spec(spec, ("synthetic",) + caption_formats.CAPTION_FILE_KINDS)
     if spec.kind == "synthetic":
         from mmkeras.data.synthetic_captions import SyntheticCaptions, encode_png
-        from training import config as config_lib
+        from training import named_experiments
 
-        cfg = config_lib.get_experiment(FLAGS.experiment)
+        cfg = named_experiments.get_experiment(FLAGS.experiment)
         synthetic = SyntheticCaptions(
             seed=cfg.train.seed,
             image_size=cfg.data.image_size,

@@ -28,6 +28,7 @@ from absl import app, flags, logging
 from mmkeras.data.data_spec import describe_kinds
 from mmkeras.layers.fusion import FUSION_DESCRIPTIONS
 from training import config as config_lib
+from training import named_experiments
 from training.tasks import TASK_NAMES
 
 FLAGS = flags.FLAGS
@@ -45,11 +46,11 @@ def define_flags():
     flags.DEFINE_string(
         "experiment",
         None,
-        "Named experiment to start from: " + ", ".join(config_lib.EXPERIMENTS) + ". Defaults "
+        "Named experiment to start from: " + ", ".join(named_experiments.EXPERIMENTS) + ". Defaults "
         "to the data set's experiment (" + ", ".join(
-            f"--task={t} --data={d}: {e}" for (t, d), e in config_lib.DATA_EXPERIMENTS.items())
+            f"--task={t} --data={d}: {e}" for (t, d), e in named_experiments.DATA_EXPERIMENTS.items())
         + "), else the task's synthetic one (" + ", ".join(
-            f"{t}: {e}" for t, e in config_lib.DEFAULT_EXPERIMENTS.items()) + ").",
+            f"{t}: {e}" for t, e in named_experiments.DEFAULT_EXPERIMENTS.items()) + ").",
     )
     flags.DEFINE_string(
         "data",
@@ -115,8 +116,8 @@ def define_flags():
 
 def resolve_config():
     task_given = FLAGS["task"].present
-    name = FLAGS.experiment or config_lib.default_experiment(FLAGS.task, FLAGS.data)
-    cfg = config_lib.get_experiment(name)
+    name = FLAGS.experiment or named_experiments.default_experiment(FLAGS.task, FLAGS.data)
+    cfg = named_experiments.get_experiment(name)
     if task_given and cfg.task != FLAGS.task:
         raise app.UsageError(
             f"Experiment {name!r} is for task {cfg.task!r}, not --task={FLAGS.task}."

@@ -72,6 +72,7 @@ def classification_dataset(
     cache=True,
     skip_bad_examples=False,
     feature_extractor=None,
+    text_features=None,
 ):
     """Builds the dataset of `FusionClassifier`-style image+text models.
 
@@ -107,6 +108,9 @@ def classification_dataset(
             `image_table.feature_table`): each distinct image is encoded once
             and `x` holds `"image_features"` instead of `"images"`. Needs
             `cache` and no `augment`.
+        text_features: optional `text_features.feature_lookup` of a frozen
+            text encoder over (at least) the records' texts: `x` also holds
+            their `"text_features"`.
     """
     if not records:
         raise ValueError("Cannot build a classification dataset from zero records.")
@@ -163,6 +167,8 @@ def classification_dataset(
             "token_ids": tf.cast(features["token_ids"], tf.int32),
             "padding_mask": tf.cast(features["padding_mask"], tf.bool),
         }
+        if text_features is not None:
+            x["text_features"] = text_features(batch_texts)
         return x, batch_targets
 
     ds = ds.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)

@@ -13,7 +13,7 @@ import tensorflow as tf
 from mmkeras.data import caption_pipeline
 
 
-def contrastive_inputs(text_preprocessor):
+def contrastive_inputs(text_preprocessor, text_features=None):
     """The `model_inputs` factory of `caption_dataset` for a `DualEncoder`.
 
     Returns `factory(augmenter, image_key)`, whose batched map turns
@@ -21,6 +21,8 @@ def contrastive_inputs(text_preprocessor):
     `{image_key, "token_ids", "padding_mask"}` (int32 mask: Keras'
     distributed `fit` sums the first batch across replicas, which bool
     tensors cannot do). No targets: the positives are the pairs themselves.
+    With `text_features` (a `text_features.feature_lookup` of a frozen text
+    tower), the inputs also hold the captions' cached `"text_features"`.
     """
 
     def factory(augmenter, image_key):
@@ -30,11 +32,14 @@ def contrastive_inputs(text_preprocessor):
                 if augmenter is not None:
                     images = augmenter(images, training=True)
             text = text_preprocessor(captions)
-            return {
+            inputs = {
                 image_key: images,
                 "token_ids": text["token_ids"],
                 "padding_mask": tf.cast(text["padding_mask"], tf.int32),
             }
+            if text_features is not None:
+                inputs["text_features"] = text_features(captions)
+            return inputs
 
         return to_model_inputs
 
@@ -42,17 +47,19 @@ def contrastive_inputs(text_preprocessor):
 
 
 def contrastive_dataset(records, text_preprocessor, image_size, batch_size, training, seed=0, synthetic=None,
-                        augment=False, cache=True, skip_bad_examples=False, feature_extractor=None):
+                        augment=False, cache=True, skip_bad_examples=False, feature_extractor=None,
+                        text_features=None):
     """Batches of `{"images" (or "image_features"), "token_ids", "padding_mask"}` pairs.
 
     Training: the infinite shuffled stream, one random caption per image
     visit (see `caption_pipeline.caption_dataset`). Evaluation: every
-    (image, caption) pair of `records` once, in order.
+    (image, caption) pair of `records` once, in order. `text_features`: see
+    `contrastive_inputs`.
     """
     return caption_pipeline.caption_dataset(
         records, None, image_size, None, batch_size, training=training, seed=seed, synthetic=synthetic,
         augment=augment, cache=cache, skip_bad_examples=skip_bad_examples,
-        feature_extractor=feature_extractor, model_inputs=contrastive_inputs(text_preprocessor),
+        feature_extractor=feature_extractor, model_inputs=contrastive_inputs(text_preprocessor, text_features),
     )
 
 

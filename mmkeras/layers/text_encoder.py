@@ -216,22 +216,41 @@ class TextEncoder(keras.layers.Layer):
         self.norm.build(hidden_shape)
         self.built = True
 
-    def call(self, token_ids, padding_mask=None, training=None):
+    def features(self, token_ids, padding_mask=None, training=None):
+        """Token ids -> the frozen-able part's states: the backbone's sequence output, or the blocks' output.
+
+        What `finetune` freezes with `trainable=none`; `encode_features` does
+        the rest (projection, norm, pooling), so a frozen tower's features can
+        be computed once per text and cached (`text_features.feature_lookup`).
+        """
         token_ids = ops.cast(token_ids, "int32")
-        if padding_mask is None:
-            padding_mask = ops.not_equal(token_ids, 0)
-        padding_mask = ops.cast(padding_mask, "bool")
+        padding_mask = self._mask(token_ids, padding_mask)
         if self.backbone is not None:
             x = self.backbone(
                 self._backbone_feed(token_ids, padding_mask),
                 training=training and self.backbone_trainable,
             )
-            x = self.projection(self._sequence_output(x))
-            x = self.token_dropout(self.norm(x), training=training)
+            return self._sequence_output(x)
+        x = self.token_dropout(self.embedding(token_ids), training=training)
+        for block in self.blocks:
+            x = block(x, padding_mask=padding_mask, training=training)
+        return x
+
+    def features_shape(self, token_ids_shape):
+        """Shape of `features(token_ids)` for token ids of `token_ids_shape`."""
+        token_ids_shape = tuple(token_ids_shape)
+        if self.backbone is None:
+            return token_ids_shape + (self.hidden_dim,)
+        shapes = {name: token_ids_shape for name in self._backbone_inputs}
+        return tuple(self._sequence_output(self.backbone.compute_output_shape(shapes)))
+
+    def encode_features(self, x, padding_mask, training=None):
+        """`features(token_ids)` and the padding mask -> `{"tokens", "pooled"}`."""
+        padding_mask = ops.cast(padding_mask, "bool")
+        x = ops.cast(x, self.compute_dtype)
+        if self.backbone is not None:
+            x = self.token_dropout(self.norm(self.projection(x)), training=training)
         else:
-            x = self.token_dropout(self.embedding(token_ids), training=training)
-            for block in self.blocks:
-                x = block(x, padding_mask=padding_mask, training=training)
             x = self.norm(x)
         if self.pooling == "first":
             pooled = x[:, 0, :]
@@ -241,6 +260,24 @@ class TextEncoder(keras.layers.Layer):
             count = ops.maximum(ops.sum(weights, axis=1), ops.cast(1.0, x.dtype))
             pooled = ops.sum(x * weights, axis=1) / count
         return {"tokens": x, "pooled": pooled}
+
+    def encode_inputs(self, inputs, training=None):
+        """Encodes a model's input dict: cached `"text_features"`, or `"token_ids"`, with `"padding_mask"`."""
+        padding_mask = self._mask(inputs["token_ids"], inputs.get("padding_mask"))
+        if "text_features" in inputs:
+            return self.encode_features(inputs["text_features"], padding_mask, training=training)
+        return self(inputs["token_ids"], padding_mask=padding_mask, training=training)
+
+    @staticmethod
+    def _mask(token_ids, padding_mask):
+        if padding_mask is None:
+            return ops.not_equal(ops.cast(token_ids, "int32"), 0)
+        return ops.cast(padding_mask, "bool")
+
+    def call(self, token_ids, padding_mask=None, training=None):
+        padding_mask = self._mask(token_ids, padding_mask)
+        return self.encode_features(
+            self.features(token_ids, padding_mask, training=training), padding_mask, training=training)
 
     def compute_output_shape(self, token_ids_shape, padding_mask_shape=None):
         return {

@@ -75,7 +75,8 @@ class DualEncoder(ImageTextModel):
         inputs: dict with `"images"` float `(batch, image_size, image_size, 3)`
             in `[0, 255]` (or `"image_features"`, a frozen image encoder's
             cached features) and/or `"token_ids"` int `(batch, length)` with
-            `"padding_mask"` `(batch, length)`.
+            `"padding_mask"` `(batch, length)` (and optionally a frozen text
+            encoder's cached `"text_features"`, see `TextEncoder.features`).
         training: bool.
 
     Returns:
@@ -203,9 +204,11 @@ class DualEncoder(ImageTextModel):
 
     def text_embeddings(self, token_ids, padding_mask=None, training=None):
         """Unit-norm embeddings of token ids `(batch, length)`."""
-        if padding_mask is None:
-            padding_mask = ops.not_equal(token_ids, 0)
-        pooled = self.text_encoder(token_ids, padding_mask=ops.cast(padding_mask, "bool"), training=training)["pooled"]
+        return self.encode_texts({"token_ids": token_ids, "padding_mask": padding_mask}, training=training)
+
+    def encode_texts(self, inputs, training=None):
+        """Unit-norm embeddings of `inputs["token_ids"]` (or cached `"text_features"`) and `"padding_mask"`."""
+        pooled = self.text_encoder.encode_inputs(inputs, training=training)["pooled"]
         return self._normalize(self.text_projection(pooled))
 
     def call(self, inputs, training=None):
@@ -213,8 +216,7 @@ class DualEncoder(ImageTextModel):
         if "images" in inputs or "image_features" in inputs:
             outputs["image_embeddings"] = self.image_embeddings(inputs, training=training)
         if "token_ids" in inputs:
-            outputs["text_embeddings"] = self.text_embeddings(
-                inputs["token_ids"], inputs.get("padding_mask"), training=training)
+            outputs["text_embeddings"] = self.encode_texts(inputs, training=training)
         return outputs
 
     # Loss and metrics on the model: `fit` and the distributed loop share them.

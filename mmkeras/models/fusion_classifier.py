@@ -57,7 +57,9 @@ class FusionClassifier(ImageTextModel):
             in `[0, 255]`, `"token_ids"` int `(batch, length)`,
             `"padding_mask"` bool `(batch, length)`, and optionally
             `"image_present"` / `"text_present"` float `(batch,)` (1 = present,
-            0 = missing).
+            0 = missing). Frozen encoders' cached features may stand in:
+            `"image_features"` for `"images"` (`ImageEncoder.features`), and
+            `"text_features"` next to the token ids (`TextEncoder.features`).
         training: bool.
 
     Returns:
@@ -218,7 +220,8 @@ class FusionClassifier(ImageTextModel):
             padding_mask = ops.not_equal(token_ids, 0)
         padding_mask = ops.cast(padding_mask, "bool")
         image = self.image_encoder.encode_inputs(inputs, training=training)
-        text = self.text_encoder(token_ids, padding_mask=padding_mask, training=training)
+        text = self.text_encoder.encode_inputs(
+            {**inputs, "token_ids": token_ids, "padding_mask": padding_mask}, training=training)
         batch = ops.shape(token_ids)[0]
         image_present, text_present = self._presence(inputs, batch, training)
         # A missing modality contributes zeros, whatever the fusion does with them.

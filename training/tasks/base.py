@@ -81,6 +81,10 @@ class Task:
     # output the task's datasets may cache (training, and for classifiers
     # evaluation too), or None.
     image_feature_extractor = None
+    # Likewise for a frozen text encoder (`finetune.text_feature_extractor`):
+    # the tasks with a text tower (contrastive, classify/vqa) cache its
+    # output per distinct text; the captioner has none (its decoder trains).
+    text_feature_extractor = None
 
     def __init__(self, cfg, model_dir):
         self.cfg = cfg

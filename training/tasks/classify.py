@@ -31,6 +31,7 @@ from mmkeras.metrics import classification as classification_metrics
 from mmkeras.metrics.plots import plot_confusion_matrix
 from mmkeras.models.fusion_classifier import build_fusion_classifier
 from training import distribute
+from training import finetune
 from training import loop
 from training import transfer
 from training.presets import resolve_preset
@@ -167,11 +168,11 @@ class ClassifyTask(Task):
         return round(sum(r.labels[0] == majority for r in test_records) / len(test_records), 6)
 
     def dataset(self, records, batch_size, training):
-        """Batches of `records`; with a frozen image encoder, of its cached features.
+        """Batches of `records`; with frozen encoders, of their cached features.
 
-        Evaluation uses the cache too: the frozen encoder gives the same
-        features (inference mode), and each distinct image is encoded once
-        instead of once per question (easy-vqa: ~10 per image).
+        Evaluation uses the caches too: a frozen encoder gives the same
+        features (inference mode), and each distinct image (text) is encoded
+        once instead of once per question (easy-vqa: ~10 per image).
         """
         data_cfg = self.cfg.data
         return classification_dataset(
@@ -180,6 +181,8 @@ class ClassifyTask(Task):
             synthetic=self.data.synthetic, augment=data_cfg.augment and training,
             cache=data_cfg.cache or not training, skip_bad_examples=data_cfg.skip_bad_examples,
             feature_extractor=self.image_feature_extractor,
+            text_features=finetune.text_feature_lookup(
+                self.text_feature_extractor, [r.text for r in records], self.text_preprocessor, data_cfg),
         )
 
     def global_train_dataset(self):

@@ -26,6 +26,7 @@ from mmkeras.data.tokenizer import learn_vocabulary
 from mmkeras.metrics import retrieval
 from mmkeras.models.dual_encoder import build_dual_encoder
 from training import distribute
+from training import finetune
 from training import loop
 from training import transfer
 from training import zero_shot
@@ -108,22 +109,30 @@ class ContrastiveTask(Task):
         spec = parse_data_spec(data_cfg.spec, self.data_kinds)
         self.sharded_dir = spec.path if spec.kind == "tfrecord" else None
 
-    def _dataset(self, records, batch_size, training, feature_extractor=None):
+    def _dataset(self, records, batch_size, training, feature_extractor=None, text_features=None):
         data_cfg = self.cfg.data
         return contrastive_dataset(
             records, self.text_preprocessor, data_cfg.image_size, batch_size, training=training,
             seed=self.cfg.train.seed, synthetic=self.synthetic, augment=data_cfg.augment and training,
             cache=data_cfg.cache or not training, skip_bad_examples=data_cfg.skip_bad_examples and training,
-            feature_extractor=feature_extractor,
+            feature_extractor=feature_extractor, text_features=text_features,
         )
+
+    def _train_text_features(self):
+        """The frozen text tower's cached features of every training caption, or None."""
+        captions = [c for r in self.splits["train"] for c in r.captions]
+        return finetune.text_feature_lookup(self.text_feature_extractor, captions, self.text_preprocessor,
+                                            self.cfg.data)
 
     def global_train_dataset(self):
         return self._dataset(self.splits["train"], self.cfg.data.batch_size, training=True,
-                             feature_extractor=self.image_feature_extractor)
+                             feature_extractor=self.image_feature_extractor,
+                             text_features=self._train_text_features())
 
     def train_dataset(self, strategy, examples_seen):
         if not self.sharded_dir:
             return super().train_dataset(strategy, examples_seen)
+        # Sharded input streams: its captions are not known before training.
         return sharded_train_dataset(self, strategy, examples_seen,
                                      model_inputs=contrastive_inputs(self.text_preprocessor))
 
