@@ -435,7 +435,7 @@ def main(argv):
         sys.exit(1)
     import mmkeras  # noqa: F401  (registers the serializable classes)
 
-    model = keras.saving.load_model(path)
+    model = keras.saving.load_model(path, compile=False)  # export needs no optimizer
     vocabulary = os.path.join(FLAGS.model_dir, "vocabulary.txt")
     try:
         out = export_model(model, FLAGS.export_dir, FLAGS.name, FLAGS.version,

@@ -135,7 +135,7 @@ def test_stream_resumes_at_any_example(synthetic_shards):
 
 
 @pytest.mark.slow
-def test_prepare_data_then_train(tmp_path):
+def test_prepare_data_then_train_captioner_and_dual_encoder(tmp_path):
     data_dir, model_dir = str(tmp_path / "tfrecords"), str(tmp_path / "run")
     prepare = subprocess.run(
         [sys.executable, "-m", "training.prepare_data", "--data=synthetic", "--experiment=caption_tiny",
@@ -158,3 +158,15 @@ def test_prepare_data_then_train(tmp_path):
     assert "cider" in metrics and not [k for k in metrics if k.startswith("beam_")]
     with open(os.path.join(model_dir, "data_report.json")) as f:
         assert json.load(f)["images_per_split"] == {"train": 256, "validation": 32, "test": 32}
+    # The dual encoder streams the same shards (its in-batch negatives from their images).
+    contrastive_dir = str(tmp_path / "contrastive")
+    train = subprocess.run(
+        tfx.train_command(contrastive_dir, f"--data=tfrecord:{data_dir}", "--export_dir=", "--max_steps=4",
+                          "--set=contrastive.zero_shot=false", experiment="contrastive_tiny"),
+        cwd=tfx.REPO, env=tfx.train_env(), capture_output=True, text=True, timeout=180,
+    )
+    assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-3000:]
+    with open(os.path.join(contrastive_dir, "eval_metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["train_steps"] == 4 and metrics["num_test_images"] == 4
+    assert 0.0 <= metrics["text_to_image_recall@1"] <= metrics["text_to_image_recall@5"] <= 1.0

@@ -77,7 +77,8 @@ def load_model(model_dir):
 
     import mmkeras  # noqa: F401  (registers the serializable classes)
 
-    return keras.saving.load_model(path)
+    # Inference only: no optimizer.
+    return keras.saving.load_model(path, compile=False)
 
 
 def load_image(source, image_size, synthetic=None):

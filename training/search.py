@@ -46,7 +46,9 @@ class Searcher:
             raise ValueError(f"--model_dir: {path} does not exist; train one with "
                              "python -m training.train --task=contrastive")
         self.model_dir = model_dir
-        self.model = keras.saving.load_model(path)
+        # Inference only: no optimizer (a run with frozen layers would warn that its saved
+        # optimizer variables do not match, since keras-hub backbones do not save per-layer trainable flags).
+        self.model = keras.saving.load_model(path, compile=False)
         if not isinstance(self.model, DualEncoder):
             raise ValueError(f"--model_dir: {path} holds a {type(self.model).__name__}, not a DualEncoder "
                              "(train with --task=contrastive).")

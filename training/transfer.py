@@ -36,7 +36,8 @@ def load_source_model(model_dir):
     path = os.path.join(model_dir, "model.keras")
     if not os.path.exists(path):
         raise ValueError(f"--init_from: {path} does not exist (give a finished training run's --model_dir).")
-    return keras.saving.load_model(path)
+    # Only the towers' weights are read: no optimizer.
+    return keras.saving.load_model(path, compile=False)
 
 
 def copy_encoder(source, target, name):
