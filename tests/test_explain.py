@@ -154,12 +154,9 @@ def test_attention_grid_png_has_a_panel_per_word_and_the_maps_show(tmp_path):
 def test_colour_words_attend_to_their_shape(captioner_run):
     """The bar: on captions naming one shape, most of the colour word's attention is on the shape.
 
-    Measured at the model's resolution: the share of the attention on the
-    image tokens whose cell holds any of the shape's pixels (uniform
-    attention would give those tokens' share of the grid, ~15%). The share on
-    the shape's pixels themselves is bounded by how much of those cells the
-    shape fills (about half for small shapes), so it is checked against what
-    uniform attention would put there.
+    Measured on the shape's own pixels (each token's attention spread over its
+    4x4-pixel cell; uniform attention would put ~7% there), and, looser, on
+    the tokens whose cell holds any of the shape's pixels.
     """
     model_dir, model = captioner_run
     synthetic = explain.synthetic_from_config(json.loads((model_dir / "config.json").read_text()))
@@ -171,10 +168,10 @@ def test_colour_words_attend_to_their_shape(captioner_run):
     def mean(key):
         return float(np.mean([m[key] for m in measured]))
 
-    assert mean("token_mass") >= 0.5, (
-        f"colour words put {mean('token_mass'):.2f} of their attention on their shape's tokens "
-        f"({mean('token_area'):.2f} of the grid)")
-    assert mean("mass") >= 3 * mean("area"), (mean("mass"), mean("area"))
+    assert mean("mass") >= 0.5, (
+        f"colour words put {mean('mass'):.2f} of their attention on their shape's pixels "
+        f"({mean('area'):.2f} of the image)")
+    assert mean("token_mass") >= 0.5, (mean("token_mass"), mean("token_area"))
 
 
 def test_explain_cli_writes_a_grid_per_image_and_names_a_bad_one(captioner_run, tmp_path):

@@ -19,6 +19,20 @@ def caption_synthetic():
     return ExperimentConfig()
 
 
+def caption_synthetic_fine():
+    """The default captioner on a 16x16 image-token grid (two stem stages instead of three).
+
+    Each token covers 4x4 of the 64 px image instead of 8x8, so attention maps
+    resolve the small shapes (a colour word's attention mass on its shape's own
+    pixels: 0.71 against 0.34 on the default's 8x8 grid) at about twice the
+    cost of a training step, so its time budget is 8 minutes instead of 3.3.
+    """
+    return ExperimentConfig(
+        model=ModelConfig(image_encoder=ImageEncoderConfig(stem_filters=(32, 64))),
+        train=TrainConfig(max_minutes=8.0),
+    )
+
+
 def caption_flickr8k():
     """Captioner on Flickr8k (e.g. `--data=flickr8k:../shared/data/flickr8k-1k`)."""
     return ExperimentConfig(
@@ -268,6 +282,7 @@ def contrastive_tiny():
 
 EXPERIMENTS = {
     "caption_synthetic": caption_synthetic,
+    "caption_synthetic_fine": caption_synthetic_fine,
     "caption_flickr8k": caption_flickr8k,
     "caption_flickr8k_pretrained": caption_flickr8k_pretrained,
     "caption_tiny": caption_tiny,
