@@ -21,7 +21,9 @@ devices or machines: --strategy=mirrored|multi_worker (docs/multi_worker.md).
 """
 
 import json
+import os
 import sys
+import time
 
 from absl import app, flags, logging
 
@@ -200,6 +202,7 @@ def main(argv):
 
 def write_run_report(model_dir, model):
     """Writes the run's report.html; an error is logged: the trained run stands either way."""
+    started = time.time()
     try:
         from training import report
 
@@ -208,7 +211,7 @@ def write_run_report(model_dir, model):
         logging.exception("Could not write the run report (python -m training.report --model_dir=%s "
                           "retries); the run itself finished.", model_dir)
         return
-    print(f"Report: {path}", flush=True)
+    print(f"Report: {path} ({os.path.getsize(path) / 1e6:.2f} MB, {time.time() - started:.1f} s)", flush=True)
 
 
 if __name__ == "__main__":
