@@ -14,7 +14,7 @@ from training import named_experiments
 # The cheapest captioner found whose colour words attend to their shape's own
 # pixels: 64 px images on a 16x16 token grid (two stem stages of 16 and 32
 # filters; on an 8x8 grid a token covers so much background around a small
-# shape that at most ~35% of the attention can fall on the shape itself), one
+# shape that only ~34% of the attention fell on the shape itself), one
 # decoder layer of width 64, 2,000 training images, 300 steps.
 ATTENDING_CAPTIONER = (
     "data.synthetic_num_train=2000", "data.synthetic_num_test=300", "data.batch_size=32", "data.image_size=64",
