@@ -305,3 +305,28 @@ def test_decoding_options_are_validated(tokenizer):
             model.caption(images, method="beam", length_penalty=bad)
     with pytest.raises(ValueError, match="no_repeat_ngram_size=-2"):
         model.generate_tokens(images, no_repeat_ngram_size=-2)
+
+
+def test_greedy_scores_equal_a_teacher_forced_pass(tokenizer):
+    # Greedy scores its captions while generating them; they must equal the
+    # definition: the decoder's log-probabilities of the returned tokens in
+    # one teacher-forced pass, up to the end token, length-penalised.
+    model = tiny_captioner(tokenizer)
+    x, _, _ = batch(tokenizer)
+    for options in ({}, {"no_repeat_ngram_size": 1, "length_penalty": 0.5}):
+        out = model.generate(x["images"], method="greedy", **options)
+        image_tokens = model.image_encoder(x["images"], training=False)["tokens"]
+        expected = model._sequence_scores(image_tokens, out["token_ids"], options.get("length_penalty", 1.0))
+        np.testing.assert_allclose(ops.convert_to_numpy(out["scores"]), ops.convert_to_numpy(expected), atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_xla_generation_returns_the_same_tokens(tokenizer, method):
+    model = tiny_captioner(tokenizer)
+    x, _, _ = batch(tokenizer)
+    plain = model.generate(x["images"], method=method, num_beams=3)
+    compiled = model.generate(x["images"], method=method, num_beams=3, jit_compile=True)
+    np.testing.assert_array_equal(ops.convert_to_numpy(plain["token_ids"]), ops.convert_to_numpy(compiled["token_ids"]))
+    np.testing.assert_allclose(ops.convert_to_numpy(plain["scores"]), ops.convert_to_numpy(compiled["scores"]), atol=1e-5)
+    # Both stay compiled: the option is part of the cache key.
+    assert {key[-1] for key in model._generate_functions.functions} == {False, True}

@@ -157,6 +157,28 @@ def make_checkpoint(model):
     return checkpoint, step, examples_seen
 
 
+def train_step_function(model, strategy, jit_compile=False):
+    """`iterator -> None`: one training step of `model` under `strategy`.
+
+    A `tf.function` around `strategy.run(model.train_step, ...)` on the next
+    batch of `iterator`; with `jit_compile`, each replica's step is compiled
+    with XLA. What `train` runs every step (and `benchmarks/caption_speed.py`
+    times).
+    """
+
+    def replica_step(data):
+        model.train_step(data)
+
+    if jit_compile:
+        replica_step = tf.function(replica_step, jit_compile=True)
+
+    @tf.function
+    def train_step(iterator):
+        strategy.run(replica_step, args=(next(iterator),))
+
+    return train_step
+
+
 def train(
     model,
     strategy,
@@ -261,15 +283,7 @@ def train(
             # keep nothing.
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
-    def replica_step(data):
-        model.train_step(data)
-
-    if jit_compile:
-        replica_step = tf.function(replica_step, jit_compile=True)
-
-    @tf.function
-    def train_step(iterator):
-        strategy.run(replica_step, args=(next(iterator),))
+    train_step = train_step_function(model, strategy, jit_compile)
 
     @tf.function
     def agree(flags):
