@@ -48,13 +48,20 @@ class ImageEncoderConfig:
     only the top N stages or backbone blocks).
     """
 
-    stem_filters: typing.Tuple[int, ...] = (32, 64, 128)
+    # Two stride-2 stages: a 64 px image becomes a 16x16 token grid, each token
+    # 4x4 pixels, fine enough for attention maps to land on the small synthetic
+    # shapes (see `caption_synthetic`).
+    stem_filters: typing.Tuple[int, ...] = (32, 64)
     convs_per_stage: int = 2
     stem_norm: str = "batch"  # Or "group" (no batch statistics; what contrastive training wants).
     backbone_class: typing.Optional[str] = None
     backbone_kwargs: typing.Dict[str, typing.Any] = dataclasses.field(default_factory=dict)
     backbone_preset: typing.Optional[str] = None
     trainable: str = "all"
+    # Dropout on the image tokens (after the projection to hidden_dim): the
+    # regulariser of a frozen backbone whose cached features a small data set
+    # would otherwise let the decoder or head memorise.
+    dropout: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +129,8 @@ class TrainConfig:
     evaluation and export.
     """
 
-    # ~175 ms a step on 2 CPU cores: the schedule completes in ~3.2 minutes.
+    # ~136 ms a step of the default captioner on 2 CPU cores (1,100 steps in
+    # 149 s, measured): the schedule completes well inside the 5-minute run.
     steps: int = 1100
     # Safety net for the 5-minute default run on a slow or busy machine.
     max_minutes: float = 3.3

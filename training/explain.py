@@ -335,8 +335,8 @@ def colour_word_attention(model, synthetic, split="test", indices=None, layer="m
         the image: what uniform attention would put on it), `"token_mass"`
         (share on the tokens whose cell holds any of its pixels) and
         `"token_area"` (those tokens' share of all tokens). A token covers
-        a whole cell (8x8 pixels for the default 64 px encoder, 4x4 for
-        `caption_synthetic_fine`), so even attention entirely on a small
+        a whole cell (4x4 pixels for the default captioner's 64 px images on
+        a 16x16 grid, 8x8 on an 8x8 grid), so even attention entirely on a small
         shape's tokens puts some mass on the background around it: `mass` is
         the strict measure.
     """
