@@ -83,3 +83,38 @@ def test_frozen_weights_do_not_move_in_a_fit_step():
     model.fit(rng.uniform(0, 255, (4, 32, 32, 3)), rng.normal(size=(4, 8)), verbose=0)
     np.testing.assert_array_equal(frozen_before, frozen.numpy())
     assert not np.allclose(top_before, top.numpy())
+
+
+def test_image_token_dropout_reaches_every_model_family():
+    """`model.image_encoder.dropout` is one setting for captioner, classifier and dual encoder."""
+    from mmkeras.data.tokenizer import build_tokenizer, learn_vocabulary
+    from mmkeras.models import build_dual_encoder, build_fusion_classifier
+    from training import config as config_lib
+    from training.tasks import caption
+    from training.tasks.base import image_encoder_kwargs
+
+    cfg = config_lib.override(config_lib.ExperimentConfig(), [
+        "model.image_encoder.dropout=0.5", "model.hidden_dim=16", "model.intermediate_dim=16",
+        "model.num_layers=1", "model.image_encoder.stem_filters=(4,8)", "data.image_size=16",
+    ])
+    tokenizer = build_tokenizer(learn_vocabulary(["a red circle", "a blue square"] * 5, 30, level="word"))
+    kwargs = image_encoder_kwargs(cfg.model.image_encoder)
+    models = {
+        "captioner": caption.build_model(cfg, tokenizer),
+        "classifier": build_fusion_classifier(3, image_size=16, vocabulary_size=30, hidden_dim=16, num_heads=2,
+                                              intermediate_dim=16, image_encoder_kwargs=kwargs),
+        "dual_encoder": build_dual_encoder(image_size=16, vocabulary_size=30, hidden_dim=16, num_heads=2,
+                                           intermediate_dim=16, projection_dim=8, image_encoder_kwargs=kwargs),
+    }
+    images = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    for name, model in models.items():
+        encoder = model.image_encoder
+        assert encoder.dropout == 0.5 and encoder.get_config()["dropout"] == 0.5, name
+        inference = [np.asarray(encoder(images, training=False)["tokens"]) for _ in range(2)]
+        np.testing.assert_array_equal(*inference)
+        dropped = np.asarray(encoder(images, training=True)["tokens"])
+        assert 0.3 < np.mean(dropped == 0) < 0.7, (name, np.mean(dropped == 0))
+    default = build_fusion_classifier(3, image_size=16, vocabulary_size=30, hidden_dim=16, num_heads=2,
+                                      intermediate_dim=16,
+                                      image_encoder_kwargs=image_encoder_kwargs(config_lib.ImageEncoderConfig()))
+    assert default.image_encoder.dropout == 0.0

@@ -362,7 +362,7 @@ def build_fusion_classifier(
     (called once on zeros).
     """
     image_encoder = ImageEncoder(
-        hidden_dim=hidden_dim, dropout=0.0, dtype=dtype, name="image_encoder", **(image_encoder_kwargs or {})
+        hidden_dim=hidden_dim, dtype=dtype, name="image_encoder", **{"dropout": 0.0, **(image_encoder_kwargs or {})}
     )
     text_kwargs = {"num_heads": num_heads, "intermediate_dim": intermediate_dim, "dropout": dropout}
     text_kwargs.update(text_encoder_kwargs or {})

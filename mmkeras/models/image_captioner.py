@@ -663,6 +663,7 @@ def build_image_captioner(
     backbone_kwargs=None,
     backbone_preset=None,
     stem_norm="batch",
+    image_dropout=0.0,
     tokenizer=None,
     start_token_id=2,
     end_token_id=3,
@@ -671,11 +672,14 @@ def build_image_captioner(
 ):
     """Builds an `ImageCaptioner` from plain hyperparameters, with its weights.
 
-    Returns a built model (called once on zeros), so summaries, checkpoints
-    and weight loading work before the first training step.
+    `dropout` is the decoder's; `image_dropout` the image encoder's, on its
+    output tokens. Returns a built model (called once on zeros), so
+    summaries, checkpoints and weight loading work before the first training
+    step.
     """
     encoder = ImageEncoder(
         hidden_dim=hidden_dim,
+        dropout=image_dropout,
         stem_filters=stem_filters,
         convs_per_stage=convs_per_stage,
         stem_norm=stem_norm,

@@ -35,6 +35,7 @@ def image_encoder_kwargs(image_cfg):
         "backbone_class": image_cfg.backbone_class,
         "backbone_kwargs": image_cfg.backbone_kwargs,
         "backbone_preset": resolve_preset(image_cfg.backbone_preset),
+        "dropout": image_cfg.dropout,
     }
 
 

@@ -82,7 +82,8 @@ def _load_splits(data_cfg, seed, work_dir=None):
 def build_model(cfg, tokenizer):
     """The one place a config becomes an `ImageCaptioner` (build inside a strategy scope)."""
     ids = special_token_ids(tokenizer)
-    image = cfg.model.image_encoder
+    image_kwargs = image_encoder_kwargs(cfg.model.image_encoder)
+    image_kwargs["image_dropout"] = image_kwargs.pop("dropout")
     return build_image_captioner(
         vocabulary_size=tokenizer.vocabulary_size(),
         sequence_length=cfg.data.sequence_length,
@@ -92,7 +93,7 @@ def build_model(cfg, tokenizer):
         num_heads=cfg.model.num_heads,
         intermediate_dim=cfg.model.intermediate_dim,
         dropout=cfg.model.dropout,
-        **image_encoder_kwargs(image),
+        **image_kwargs,
         tokenizer=tokenizer,
         start_token_id=ids["start"],
         end_token_id=ids["end"],
