@@ -174,6 +174,21 @@ def test_colour_words_attend_to_their_shape(captioner_run):
     assert mean("token_mass") >= 0.5, (mean("token_mass"), mean("token_area"))
 
 
+def test_default_captioner_has_the_token_grid_the_attention_bar_was_measured_on():
+    """The default run's colour words put 71% of their attention on their shape's pixels
+    on a 16x16 grid of 4x4-pixel cells (34% on an 8x8 grid): keep the default's grid."""
+    from training import named_experiments
+    from training.tasks import caption
+
+    cfg = named_experiments.get_experiment("caption_synthetic")
+    tokenizer = build_tokenizer(learn_vocabulary(CAPTIONS * 5, 100, level="word"))
+    model = caption.build_model(cfg, tokenizer)
+    size = cfg.data.image_size
+    tokens = model.image_encoder.compute_output_shape((1, size, size, 3))["tokens"][1]
+    assert (size, tokens) == (64, 16 * 16)
+    assert cfg == named_experiments.get_experiment(named_experiments.default_experiment("caption"))
+
+
 def test_explain_cli_writes_a_grid_per_image_and_names_a_bad_one(captioner_run, tmp_path):
     model_dir, model = captioner_run
     synthetic = explain.synthetic_from_config(json.loads((model_dir / "config.json").read_text()))
