@@ -4,12 +4,13 @@ import keras
 import keras_hub
 import numpy as np
 import tensorflow as tf
-from keras import ops, tree
+from keras import ops
 
 from mmkeras.data.tokenizer import detokenize_generated
+from mmkeras.models.caption_search import beam_search
+from mmkeras.models.caption_search import greedy_search
 from mmkeras.models.generation_constraints import block_repeated_ngrams
 from mmkeras.models.generation_constraints import check_generation_options
-from mmkeras.models.generation_constraints import generated_lengths
 from mmkeras.models.generation_constraints import length_normalized
 from mmkeras.layers.image_encoder import ImageEncoder
 from mmkeras.layers.text_decoder import TextDecoder
@@ -190,7 +191,7 @@ class ImageCaptioner(keras.Model):
     # Generation.
     def _sampler(self, method, num_beams, k, temperature, seed):
         if method in ("greedy", "beam"):
-            return None  # see _greedy_search and _beam_search
+            return None  # see caption_search.greedy_search and beam_search
         return keras_hub.samplers.TopKSampler(k=k, seed=seed, temperature=temperature)
 
     def _constrain_logits(self, logits, previous_token):
@@ -298,12 +299,15 @@ class ImageCaptioner(keras.Model):
             return constrain(logits, prompt, index), hidden, cache
 
         if method == "beam":
-            token_ids, scores = self._beam_search(
-                decoder_logits, constrain, prompt, cache, beams, length_penalty
+            token_ids, scores = beam_search(
+                decoder_logits, constrain, prompt, cache, beams, length_penalty,
+                self.end_token_id, self.pad_token_id,
             )
             return {"token_ids": token_ids, "scores": scores}
         if method == "greedy" and sampler is None:
-            token_ids, scores = self._greedy_search(decoder_logits, constrain, prompt, cache, length_penalty)
+            token_ids, scores = greedy_search(
+                decoder_logits, constrain, prompt, cache, length_penalty, self.end_token_id, self.pad_token_id
+            )
             return {"token_ids": token_ids, "scores": scores}
         sampler = sampler or self._sampler(method, num_beams, k, temperature, seed)
         prompt_mask = ops.concatenate(
@@ -320,124 +324,6 @@ class ImageCaptioner(keras.Model):
         )
         scores = self._sequence_scores(image_tokens, token_ids, length_penalty)
         return {"token_ids": token_ids, "scores": scores}
-
-    def _finished(self, prompt, index):
-        previous = ops.take(prompt, index - 1, axis=1)
-        return ops.logical_or(
-            ops.equal(previous, self.end_token_id), ops.equal(previous, self.pad_token_id)
-        )
-
-    def _greedy_search(self, decoder_logits, constrain, prompt, cache, length_penalty):
-        """Greedy decoding that scores the caption while it generates it.
-
-        keras-hub's `GreedySampler` returns the token ids only, so their
-        scores took a second, teacher-forced decoder pass over the caption.
-        Here each step adds the log-probability of the token it picks, from
-        the logits it picks it with: the score `_sequence_scores` defines,
-        without the pass (about a fifth of a cached greedy call at batch 64;
-        `benchmarks/caption_speed.py` times it). The token is the argmax of
-        the constrained logits, as the sampler's. Returns `(token_ids, scores)`.
-        """
-        rows, max_length = ops.shape(prompt)[0], ops.shape(prompt)[1]
-
-        def cond(prompt, cache, index, total, count):
-            return ops.logical_not(ops.all(self._finished(prompt, index)))
-
-        def body(prompt, cache, index, total, count):
-            logits, _, cache = decoder_logits(prompt, cache, index)
-            tokens = ops.cast(ops.argmax(constrain(logits, prompt, index), axis=-1), prompt.dtype)
-            # The decoder's own log-probabilities (constraints not renormalised);
-            # tokens after the end token do not count.
-            log_probs = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
-            picked = ops.take_along_axis(log_probs, ops.cast(tokens, "int32")[:, None], axis=1)[:, 0]
-            live = ops.logical_not(self._finished(prompt, index))
-            total = total + ops.where(live, picked, 0.0)
-            count = count + ops.cast(live, "float32")
-            prompt = ops.slice_update(prompt, [0, index], tokens[:, None])
-            return prompt, cache, index + 1, total, count
-
-        zeros = ops.zeros((rows,), "float32")
-        prompt, _, _, total, count = ops.while_loop(
-            cond,
-            body,
-            (prompt, cache, ops.convert_to_tensor(1, "int32"), zeros, zeros),
-            maximum_iterations=max_length - 1,
-        )
-        return prompt, length_normalized(total, count, length_penalty)
-
-    def _beam_search(self, decoder_logits, constrain, prompt, cache, num_beams, length_penalty):
-        """Beam search over `(batch * num_beams, length)` prompts.
-
-        keras-hub's `BeamSampler` reorders beams with `take_along_axis`, which
-        the TensorFlow backend implements by broadcasting indices to the full
-        cache shape: 20x slower than greedy here. Reordering whole rows with
-        one `take` (a gather) keeps beam search within a few times greedy.
-
-        A beam's score is the sum of the model's log-probabilities of its
-        tokens up to and including the end token (constraints mask tokens out
-        but do not renormalise, as in Hugging Face), divided by its length **
-        `length_penalty`. Finished beams keep their slot (they continue with
-        padding at log-probability 0) and compete with the live candidates of
-        each step under that same score, live ones at their current length:
-        with a length penalty, comparing raw sums instead would let short
-        finished captions crowd out longer ones that the final ranking
-        prefers. Returns `(token_ids, scores)` of the best beam of each image.
-        """
-        rows, max_length = ops.shape(prompt)[0], ops.shape(prompt)[1]
-        batch = rows // num_beams
-        # Only the first beam is live at the start, or all beams would be equal.
-        first = ops.convert_to_tensor([0.0] + [-1e9] * (num_beams - 1), "float32")
-        log_probs = ops.reshape(ops.tile(first[None, :], (batch, 1)), (-1,))
-
-        def cond(prompt, cache, index, log_probs):
-            previous = ops.take(prompt, index - 1, axis=1)
-            done = ops.logical_or(
-                ops.equal(previous, self.end_token_id), ops.equal(previous, self.pad_token_id)
-            )
-            return ops.logical_not(ops.all(done))
-
-        def body(prompt, cache, index, log_probs):
-            logits, _, cache = decoder_logits(prompt, cache, index)
-            vocabulary = ops.shape(logits)[-1]
-            step = constrain(ops.log_softmax(ops.cast(logits, "float32"), axis=-1), prompt, index)
-            candidates = step + log_probs[:, None]
-            flat = ops.reshape(candidates, (batch, num_beams * vocabulary))
-            if length_penalty == 0:
-                top_scores, top_indices = ops.top_k(flat, num_beams)
-            else:
-                previous = ops.take(prompt, index - 1, axis=1)
-                finished = ops.logical_or(
-                    ops.equal(previous, self.end_token_id), ops.equal(previous, self.pad_token_id)
-                )
-                # A live beam's candidates hold `index` generated tokens.
-                lengths = ops.where(
-                    finished,
-                    generated_lengths(prompt, self.pad_token_id),
-                    ops.cast(index, "float32"),
-                )
-                ranked = length_normalized(candidates, lengths[:, None], length_penalty)
-                _, top_indices = ops.top_k(ops.reshape(ranked, ops.shape(flat)), num_beams)
-                top_scores = ops.take_along_axis(flat, top_indices, axis=1)
-            source_beam = top_indices // vocabulary
-            tokens = ops.cast(top_indices % vocabulary, prompt.dtype)
-            source = ops.reshape(ops.arange(batch)[:, None] * num_beams + source_beam, (-1,))
-            prompt = ops.take(prompt, source, axis=0)
-            cache = tree.map_structure(lambda c: ops.take(c, source, axis=0), cache)
-            prompt = ops.slice_update(prompt, [0, index], ops.reshape(tokens, (-1, 1)))
-            return prompt, cache, index + 1, ops.reshape(top_scores, (-1,))
-
-        prompt, _, _, log_probs = ops.while_loop(
-            cond,
-            body,
-            (prompt, cache, ops.convert_to_tensor(1, "int32"), log_probs),
-            maximum_iterations=max_length - 1,
-        )
-        scores = length_normalized(
-            log_probs, generated_lengths(prompt, self.pad_token_id), length_penalty
-        )
-        best = ops.argmax(ops.reshape(scores, (batch, num_beams)), axis=1)
-        best_rows = ops.arange(batch) * num_beams + ops.cast(best, "int32")
-        return ops.take(prompt, best_rows, axis=0), ops.take(scores, best_rows, axis=0)
 
     def _sequence_scores(self, image_tokens, token_ids, length_penalty=1.0):
         logits = self.text_decoder(token_ids[:, :-1], image_tokens, training=False)
