@@ -5,6 +5,8 @@ import pytest
 
 from mmkeras.data import caption_pipeline
 from mmkeras.data.classification_pipeline import classification_dataset
+from mmkeras.data.image_table import feature_table
+from mmkeras.data.image_table import view_feature_table
 from mmkeras.data.records import CaptionRecord
 from mmkeras.data.synthetic_captions import SyntheticCaptions
 from mmkeras.data.synthetic_vqa import load_synthetic_vqa
@@ -42,23 +44,68 @@ def test_caption_dataset_serves_the_extractors_features():
     np.testing.assert_allclose(cached[0]["image_features"].numpy(), expected.numpy(), atol=1e-5)
     np.testing.assert_array_equal(cached[0]["token_ids"].numpy(), plain[0]["token_ids"].numpy())
     np.testing.assert_array_equal(cached[1].numpy(), plain[1].numpy())
-    with pytest.raises(ValueError, match="augment=True"):
-        caption_pipeline.caption_dataset(records, feature_extractor=extract, augment=True, **kwargs)
+    with pytest.raises(ValueError, match="feature_views"):
+        caption_pipeline.caption_dataset(records, feature_extractor=extract, augment=True,
+                                         **{**kwargs, "training": True})
 
 
-def test_classification_dataset_serves_the_extractors_features():
+def test_feature_views_serve_augmented_versions_of_each_image():
+    synthetic = SyntheticCaptions(image_size=IMAGE_SIZE, num_train=6, num_validation=1, num_test=1)
+    records = _caption_records()
+    tokenizer = build_tokenizer(learn_vocabulary(["caption other 0 1 2 3 4 5"], 50, level="word"))
+    encoder, extract = _extractor()
+    table = np.stack([synthetic.render_image(r.image) for r in records])
+    views = view_feature_table(table, extract, caption_pipeline.build_augmenter(0), views=3)
+    plain = feature_table(table, extract)
+    assert views.shape == (18,) + plain.shape[1:]
+    np.testing.assert_allclose(views[0::3], plain, atol=1e-5)  # view 0: the image itself
+    for v in (1, 2):
+        assert np.abs(views[v::3] - plain).max() > 1e-2  # augmented, and not alike
+    assert np.abs(views[1::3] - views[2::3]).max() > 1e-2
+
+    ds = caption_pipeline.caption_dataset(
+        records, tokenizer, IMAGE_SIZE, 6, 6, training=True, synthetic=synthetic, feature_extractor=extract,
+        augment=True, feature_views=3, with_image_index=True,
+    )
+    used = set()
+    for x, _, _ in ds.take(10):
+        for index, features in zip(x["image_index"].numpy(), x["image_features"].numpy()):
+            distances = np.abs(views[index * 3: index * 3 + 3] - features).reshape(3, -1).max(axis=1)
+            assert distances.min() < 1e-6, "a served feature is none of its image's views"
+            used.add(int(np.argmin(distances)))
+    assert used == {0, 1, 2}
+
+
+def _vqa_dataset_arguments():
+    """`(records, classification_dataset kwargs, encoder, its extractor)` of a few synthetic VQA examples."""
     data = load_synthetic_vqa(image_size=IMAGE_SIZE, num_train=4, num_validation=1, num_test=1)
     records = data.splits["train"][:8]
     vocabulary = learn_vocabulary([r.text for r in records], 60, level="word")
-    preprocessor = text_preprocessor_from_vocabulary(vocabulary, 12)
-    encoder, extract = _extractor()
-    kwargs = dict(label_names=data.label_names, text_preprocessor=preprocessor, image_size=IMAGE_SIZE,
-                  batch_size=8, training=False, synthetic=data.synthetic)
-    plain = next(iter(classification_dataset(records, **kwargs)))
-    cached = next(iter(classification_dataset(records, feature_extractor=extract, **kwargs)))
+    kwargs = dict(label_names=data.label_names, text_preprocessor=text_preprocessor_from_vocabulary(vocabulary, 12),
+                  image_size=IMAGE_SIZE, batch_size=8, synthetic=data.synthetic)
+    return (records, kwargs, *_extractor())
+
+
+def test_classification_dataset_serves_the_extractors_features():
+    records, kwargs, encoder, extract = _vqa_dataset_arguments()
+    plain = next(iter(classification_dataset(records, training=False, **kwargs)))
+    cached = next(iter(classification_dataset(records, training=False, feature_extractor=extract, **kwargs)))
     expected = encoder.features(plain[0]["images"], training=False)
     np.testing.assert_allclose(cached[0]["image_features"].numpy(), expected.numpy(), atol=1e-5)
     np.testing.assert_array_equal(cached[1].numpy(), plain[1].numpy())
+
+
+def test_classification_feature_views_serve_one_view_per_visit():
+    records, kwargs, _, extract = _vqa_dataset_arguments()
+    kwargs["feature_extractor"] = extract
+    plain = next(iter(classification_dataset(records, training=False, **kwargs)))[0]["image_features"].numpy()
+    with pytest.raises(ValueError, match="feature_views"):
+        classification_dataset(records, training=True, augment=True, **kwargs)
+    ds = classification_dataset(records, training=True, augment=True, feature_views=3, **kwargs)
+    served = np.concatenate([x["image_features"].numpy() for x, _ in ds.take(6)])
+    # Some served rows are an image's own features, the others augmented views.
+    exact = [np.abs(plain - row).reshape(len(plain), -1).max(axis=1).min() < 1e-6 for row in served]
+    assert any(exact) and not all(exact)
 
 
 @pytest.mark.parametrize("experiment_name", ["caption_tiny", "classify_tiny"])
@@ -87,3 +134,5 @@ def test_extractor_only_for_a_fully_frozen_encoder():
     assert finetune.image_feature_extractor(encoder, data_cfg) is not None
     augmenting = config_lib.DataConfig(augment=True)
     assert finetune.image_feature_extractor(encoder, augmenting) is None
+    views = config_lib.DataConfig(augment=True, feature_views=4)
+    assert finetune.image_feature_extractor(encoder, views) is not None

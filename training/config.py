@@ -29,6 +29,10 @@ class DataConfig:
     # augmentation, training encodes each image once and trains on the cached
     # features (not for sharded TFRecord input, which streams).
     cache_image_features: bool = True
+    # With a frozen image encoder and augment=true: cache the features of this
+    # many versions of each training image (the image and feature_views - 1
+    # augmented ones); each visit takes one. 1: augment=true encodes every step.
+    feature_views: int = 1
     # The same for a frozen text tower (model.text_encoder.trainable=none,
     # contrastive and classify/vqa): each distinct text is encoded once, if
     # its float32 features fit in max_text_feature_cache_mb.
@@ -179,6 +183,12 @@ class CaptionConfig:
     no_repeat_ngram_size: int = 0  # 0: off.
     length_penalty: float = 1.0  # 1: mean log-prob per token; 0: raw sum.
     eval_beam: bool = True  # Also report beam-search metrics (`beam_` keys) and samples.
+    # Self-critical sequence training (CIDEr-D reward, Rennie et al. 2017):
+    # teacher forcing until this step, then `self_critical_samples` sampled
+    # captions per image, each weighted by its CIDEr-D minus the mean of the
+    # image's other samples. 0: off. In-memory caption data only.
+    self_critical_from_step: int = 0
+    self_critical_samples: int = 5
 
 
 @dataclasses.dataclass(frozen=True)

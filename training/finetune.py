@@ -92,13 +92,14 @@ def image_feature_extractor(image_encoder, data_cfg):
     """`ImageEncoder.features` in inference mode when it can be cached, else None.
 
     Cached when the encoder's feature extractor is frozen (`trainable=none`),
-    `data.cache_image_features` and `data.cache` are on and `data.augment` is
-    off (an augmented image has no fixed features).
+    `data.cache_image_features` and `data.cache` are on, and `data.augment`
+    is off or `data.feature_views` caches several augmented views per image.
     """
     if image_encoder is None or not is_frozen(image_encoder):
         return None
-    if not (data_cfg.cache_image_features and data_cfg.cache) or data_cfg.augment:
-        logging.info("Frozen image encoder, features not cached (data.augment or caching off).")
+    if not (data_cfg.cache_image_features and data_cfg.cache) or (data_cfg.augment and data_cfg.feature_views < 2):
+        logging.info("Frozen image encoder, features not cached (data.augment without data.feature_views, "
+                     "or caching off).")
         return None
     return lambda images: image_encoder.features(images, training=False)
 

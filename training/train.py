@@ -7,6 +7,8 @@
     python -m training.train --task=classify --data=csv:manifest.csv --fusion=gated
     python -m training.train --task=contrastive --data=flickr8k:../shared/data/flickr8k-1k
     python -m training.train --task=vqa --init_from=runs/contrastive --lora_rank=8
+    python -m training.train --experiment=caption_flickr8k_pretrained \
+        --set train.steps=1000 --set caption.self_critical_from_step=400   # CIDEr-D reward
 
 Writes into --model_dir: config.json (the resolved config), vocabulary.txt,
 data_report.json, checkpoints/, logs/ (TensorBoard and train_log.jsonl),

@@ -9,8 +9,9 @@ import tensorflow as tf
 
 from mmkeras.data.caption_choice import choose_caption
 from mmkeras.data.image_table import checked_image_table
-from mmkeras.data.image_table import feature_table
+from mmkeras.data.image_table import pick_view
 from mmkeras.data.image_table import table_gather
+from mmkeras.data.image_table import view_feature_table
 from mmkeras.data.synthetic_captions import SYNTHETIC_PREFIX
 from mmkeras.data.tokenizer import END_TOKEN
 from mmkeras.data.tokenizer import PAD_TOKEN
@@ -217,6 +218,8 @@ def caption_dataset(
     skip_bad_examples=False,
     feature_extractor=None,
     model_inputs=None,
+    with_image_index=False,
+    feature_views=1,
 ):
     """Builds the teacher-forcing dataset of `ImageCaptioner` (or other image-caption pairs).
 
@@ -232,35 +235,50 @@ def caption_dataset(
     `feature_extractor` (a frozen image encoder's feature extractor, see
     `image_table.feature_table`) encodes each image once before the first
     batch; `x` then holds `"image_features"` instead of `"images"`. It needs
-    `cache` and no `augment`.
+    `cache`, and `augment` only with `feature_views` > 1: then each training
+    image is encoded as itself and `feature_views - 1` augmented versions,
+    and every visit takes one of them (`image_table.view_feature_table`).
 
     `model_inputs(augmenter, image_key)` replaces the teacher-forcing map:
     it returns the batched map `(uint8 images or features, caption strings)
     -> model inputs` (e.g. `contrastive_pipeline.contrastive_inputs`); the
     image choice, shuffling, caching and caption choice stay the same.
+
+    `with_image_index` adds `x["image_index"]`, int64: each example's
+    position in `records` (what a self-critical reward looks references up
+    by; `ImageCaptioner.enable_self_critical`).
     """
     if not records:
         raise ValueError("Cannot build a caption dataset from zero records.")
     load = image_loader(records, image_size, synthetic)
     gather_features = None
+    positions = np.arange(len(records))
+    views = feature_views if (training and augment) else 1
     if feature_extractor is not None:
-        if not cache or augment:
+        if not cache or (augment and training and feature_views < 2):
             raise ValueError(
-                "Cached image features need `cache=True` and no augmentation (augmented "
-                f"images have no fixed features). Received: cache={cache}, augment={augment}"
+                "Cached image features need `cache=True`, and augmentation needs `feature_views` >= 2 "
+                "(an augmented image has no fixed features; views cache several). "
+                f"Received: cache={cache}, augment={augment}, feature_views={feature_views}"
             )
         table, decoded = checked_image_table(records, load, image_size, skip_bad_examples)
-        keep = np.flatnonzero(decoded)
-        gather_features = table_gather(feature_table(table[keep], feature_extractor), tf.float32)
-        records = [records[i] for i in keep]
+        positions = np.flatnonzero(decoded)
+        features = view_feature_table(
+            table[positions], feature_extractor, build_augmenter(seed) if views > 1 else None, views
+        )
+        gather_features = table_gather(features, tf.float32)
+        records = [records[i] for i in positions]
     captions = tf.ragged.constant([list(r.captions) for r in records], dtype=tf.string)
+    # Elements are (image or feature row, references, position in `records`).
+    positions = tf.constant(positions, dtype=tf.int64)
     if gather_features is not None:
         # Elements carry row indices; batches gather their features.
-        ds = tf.data.Dataset.from_tensor_slices((tf.range(len(records), dtype=tf.int64), captions))
+        ds = tf.data.Dataset.from_tensor_slices((tf.range(len(records), dtype=tf.int64), captions, positions))
     else:
         ids = tf.constant([r.image for r in records], dtype=tf.string)
-        ds = tf.data.Dataset.from_tensor_slices((ids, captions)).map(
-            lambda image_id, refs: (load(image_id), refs), num_parallel_calls=tf.data.AUTOTUNE
+        ds = tf.data.Dataset.from_tensor_slices((ids, captions, positions)).map(
+            lambda image_id, refs, position: (load(image_id), refs, position),
+            num_parallel_calls=tf.data.AUTOTUNE,
         )
         if skip_bad_examples:
             # Files were checked cheaply when loaded (magic bytes, end markers);
@@ -278,29 +296,42 @@ def caption_dataset(
         )
         ds = ds.repeat().enumerate()
 
-        def pick(position, element):
-            image, refs = element
-            return image, choose_caption(seed, position, refs)
+        def pick(element_number, element):
+            image, refs, position = element
+            if gather_features is not None:
+                image = pick_view(image, views, seed, element_number)
+            return image, choose_caption(seed, element_number, refs), position
 
         ds = ds.map(pick, num_parallel_calls=tf.data.AUTOTUNE)
     else:
         ds = ds.flat_map(
-            lambda image, refs: tf.data.Dataset.from_tensor_slices(refs).map(
-                lambda caption: (image, caption)
+            lambda image, refs, position: tf.data.Dataset.from_tensor_slices(refs).map(
+                lambda caption: (image, caption, position)
             )
         )
 
     ds = ds.batch(batch_size, drop_remainder=training)
-    augmenter = build_augmenter(seed) if (training and augment) else None
+    # Cached features were augmented before the encoder, if at all.
+    augmenter = build_augmenter(seed) if (training and augment and gather_features is None) else None
     if gather_features is not None:
-        ds = ds.map(lambda rows, batch_captions: (gather_features(rows), batch_captions),
-                    num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda rows, batch_captions, batch_positions: (
+            gather_features(rows), batch_captions, batch_positions), num_parallel_calls=tf.data.AUTOTUNE)
     image_key = "images" if gather_features is None else "image_features"
     if model_inputs is None:
         to_model_inputs = teacher_forcing_inputs(tokenizer, sequence_length, augmenter, image_key=image_key)
     else:
         to_model_inputs = model_inputs(augmenter, image_key)
-    ds = ds.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def to_inputs(images, batch_captions, batch_positions):
+        inputs = to_model_inputs(images, batch_captions)
+        if not with_image_index:
+            return inputs
+        if isinstance(inputs, dict):
+            return {**inputs, "image_index": batch_positions}
+        x, *rest = inputs
+        return ({**x, "image_index": batch_positions}, *rest)
+
+    ds = ds.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

@@ -13,8 +13,9 @@ import tensorflow as tf
 from mmkeras.data.caption_pipeline import build_augmenter
 from mmkeras.data.caption_pipeline import image_loader
 from mmkeras.data.image_table import checked_image_table
-from mmkeras.data.image_table import feature_table
+from mmkeras.data.image_table import pick_view
 from mmkeras.data.image_table import table_gather
+from mmkeras.data.image_table import view_feature_table
 
 
 def classification_texts(records):
@@ -73,6 +74,7 @@ def classification_dataset(
     skip_bad_examples=False,
     feature_extractor=None,
     text_features=None,
+    feature_views=1,
 ):
     """Builds the dataset of `FusionClassifier`-style image+text models.
 
@@ -107,7 +109,11 @@ def classification_dataset(
         feature_extractor: optional frozen image feature extractor (see
             `image_table.feature_table`): each distinct image is encoded once
             and `x` holds `"image_features"` instead of `"images"`. Needs
-            `cache` and no `augment`.
+            `cache`, and `augment` only with `feature_views` > 1.
+        feature_views: with `feature_extractor` and `augment`, the number of
+            versions of each image whose features are cached (the image and
+            `feature_views - 1` augmented ones); each visit takes one
+            (`image_table.view_feature_table`).
         text_features: optional `text_features.feature_lookup` of a frozen
             text encoder over (at least) the records' texts: `x` also holds
             their `"text_features"`.
@@ -117,10 +123,12 @@ def classification_dataset(
     targets = label_ids(records, label_names, multi_label)
     texts = np.array(classification_texts(records), dtype=object)
     augmenter = build_augmenter(seed) if (training and augment) else None
-    if feature_extractor is not None and (not cache or augmenter is not None):
+    views = feature_views if augmenter is not None else 1
+    if feature_extractor is not None and (not cache or (augmenter is not None and feature_views < 2)):
         raise ValueError(
-            "Cached image features need `cache=True` and no augmentation (augmented "
-            f"images have no fixed features). Received: cache={cache}, augment={augment}"
+            "Cached image features need `cache=True`, and augmentation needs `feature_views` >= 2 "
+            "(an augmented image has no fixed features; views cache several). "
+            f"Received: cache={cache}, augment={augment}, feature_views={feature_views}"
         )
     image_key = "images" if feature_extractor is None else "image_features"
 
@@ -138,7 +146,8 @@ def classification_dataset(
         keep = decoded[indices]
         indices, texts, targets = indices[keep], texts[keep], targets[keep]
         if feature_extractor is not None:
-            table = feature_table(table, feature_extractor)
+            table = view_feature_table(table, feature_extractor, augmenter if views > 1 else None, views)
+            augmenter = None  # the cached views are augmented already
         load_images = table_gather(table, tf.as_dtype(table.dtype))
         ds = tf.data.Dataset.from_tensor_slices((indices, texts, targets))
     else:
@@ -149,6 +158,11 @@ def classification_dataset(
     if training:
         # The elements are indices or ids, text and label: a full shuffle is cheap.
         ds = ds.shuffle(len(targets), seed=seed, reshuffle_each_iteration=True).repeat()
+        if cache and feature_extractor is not None and views > 1:
+            ds = ds.enumerate().map(
+                lambda position, element: (pick_view(element[0], views, seed, position), *element[1:]),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
     if not cache:
         ds = ds.map(lambda image_id, text, target: (load(image_id), text, target),
                     num_parallel_calls=tf.data.AUTOTUNE)

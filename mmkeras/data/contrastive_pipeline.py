@@ -48,7 +48,7 @@ def contrastive_inputs(text_preprocessor, text_features=None):
 
 def contrastive_dataset(records, text_preprocessor, image_size, batch_size, training, seed=0, synthetic=None,
                         augment=False, cache=True, skip_bad_examples=False, feature_extractor=None,
-                        text_features=None):
+                        text_features=None, feature_views=1):
     """Batches of `{"images" (or "image_features"), "token_ids", "padding_mask"}` pairs.
 
     Training: the infinite shuffled stream, one random caption per image
@@ -60,6 +60,7 @@ def contrastive_dataset(records, text_preprocessor, image_size, batch_size, trai
         records, None, image_size, None, batch_size, training=training, seed=seed, synthetic=synthetic,
         augment=augment, cache=cache, skip_bad_examples=skip_bad_examples,
         feature_extractor=feature_extractor, model_inputs=contrastive_inputs(text_preprocessor, text_features),
+        feature_views=feature_views,
     )
 
 

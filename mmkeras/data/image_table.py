@@ -89,6 +89,42 @@ def feature_table(table, feature_extractor):
     return np.concatenate(parts, axis=0)
 
 
+def view_feature_table(table, feature_extractor, augmenter=None, views=1):
+    """`feature_table` of `views` versions of every image, to augment frozen features.
+
+    A frozen encoder's cached features are the same at every visit of an
+    image, so a decoder trained on them overfits small data sooner than one
+    that sees augmented pixels. This caches several augmented views instead:
+    view 0 is the image itself, views 1.. pass it through `augmenter`
+    (`training=True`, its own random draws) before the encoder, and training
+    picks one view per visit (`pick_view`). Memory grows `views`-fold.
+
+    Returns:
+        float32 numpy `(num_images * views, ...)`: image i's view v at row
+        `i * views + v`.
+    """
+    if views < 1:
+        raise ValueError(f"`views` must be >= 1. Received: views={views}")
+    if views > 1 and augmenter is None:
+        raise ValueError("More than one view needs an `augmenter`.")
+    parts = [feature_table(table, feature_extractor)]
+    for _ in range(1, views):
+        parts.append(feature_table(table, lambda images: feature_extractor(augmenter(images, training=True))))
+    stacked = np.stack(parts, axis=1)
+    return stacked.reshape((-1,) + stacked.shape[2:])
+
+
+def pick_view(rows, views, seed, position):
+    """The `view_feature_table` row of one visit: a view of image `rows` chosen statelessly from `(seed, position)`."""
+    if views == 1:
+        return rows
+    view = tf.random.stateless_uniform(
+        [], seed=tf.stack([tf.cast(seed, tf.int64), tf.cast(position, tf.int64) + 7919]),
+        maxval=views, dtype=tf.int64,
+    )
+    return rows * views + view
+
+
 def table_gather(table, dtype):
     """A graph function: int64 indices `(batch,)` -> `table[indices]` of `dtype`."""
 

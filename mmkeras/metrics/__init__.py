@@ -4,6 +4,7 @@ classification, and image-text retrieval (recall@K, ranks, zero-shot)."""
 from mmkeras.metrics.bleu import bleu
 from mmkeras.metrics.caption_metrics import caption_metrics
 from mmkeras.metrics.caption_metrics import normalize_caption
+from mmkeras.metrics.cider import CIDErScorer
 from mmkeras.metrics.cider import cider
 from mmkeras.metrics.classification import best_thresholds
 from mmkeras.metrics.classification import classification_report
@@ -20,6 +21,7 @@ from mmkeras.metrics.retrieval import zero_shot_classifier
 from mmkeras.metrics.rouge_l import rouge_l
 
 __all__ = [
+    "CIDErScorer",
     "best_thresholds",
     "bleu",
     "caption_metrics",

@@ -70,59 +70,119 @@ def cider(predictions, references, max_order=4, sigma=6.0, return_per_image=Fals
     3.3849
     """
     validate_caption_inputs(predictions, references)
-    validate_max_order(max_order)
-    if sigma <= 0:
-        raise ValueError(f"`sigma` must be positive. Received: sigma={sigma}")
+    per_image = CIDErScorer(references, max_order=max_order, sigma=sigma).score(predictions)
+    score = float(np.mean(per_image))
+    if return_per_image:
+        return score, per_image
+    return score
 
-    reference_tokens = [
-        [reference.split() for reference in image_references]
-        for image_references in references
-    ]
-    reference_counts = [
-        [ngram_counts(tokens, max_order) for tokens in image_tokens]
-        for image_tokens in reference_tokens
-    ]
-    document_frequency = collections.Counter()
-    for image_counts in reference_counts:
-        document_frequency.update(set().union(*image_counts))
-    log_num_images = math.log(len(predictions))
 
-    per_image = []
-    for prediction, image_counts, image_tokens in zip(
-        predictions, reference_counts, reference_tokens
-    ):
+class CIDErScorer:
+    """CIDEr-D of captions against a fixed corpus of references (`cider`'s definition).
+
+    The corpus (document frequencies, every reference's TF-IDF vector) is
+    computed once, so scoring is fast enough to be a training reward: e.g.
+    self-critical sequence training scores sampled captions of training
+    images against their references with document frequencies of the
+    training corpus (Rennie et al., 2017). `cider(p, r)` is
+    `CIDErScorer(r).score(p).mean()`.
+
+    Args:
+        references: list of lists of str, the tokenised reference captions
+            (tokens separated by whitespace) of each image of the corpus.
+        max_order: int, the largest n-gram order. Defaults to 4.
+        sigma: float, standard deviation of the gaussian length penalty.
+
+    Example:
+
+    >>> scorer = CIDErScorer([["a dog runs fast", "a dog is running"],
+    ...                       ["the cat sleeps", "a cat is asleep"]])
+    >>> [round(float(s), 4) for s in scorer.score(["a cat sleeps"], image_indices=[1])]
+    [2.7653]
+    """
+
+    def __init__(self, references, max_order=4, sigma=6.0):
+        validate_max_order(max_order)
+        if sigma <= 0:
+            raise ValueError(f"`sigma` must be positive. Received: sigma={sigma}")
+        if not references:
+            raise ValueError("`references` must hold the references of at least one image.")
+        self.max_order = max_order
+        self.sigma = sigma
+        reference_tokens = [
+            [reference.split() for reference in image_references]
+            for image_references in references
+        ]
+        reference_counts = [
+            [ngram_counts(tokens, max_order) for tokens in image_tokens]
+            for image_tokens in reference_tokens
+        ]
+        self.document_frequency = collections.Counter()
+        for image_counts in reference_counts:
+            self.document_frequency.update(set().union(*image_counts))
+        self.log_num_images = math.log(len(references))
+        # Per image, per reference: (TF-IDF weights, norms per order, length).
+        self._references = [
+            [
+                (*_tf_idf(counts, self.document_frequency, self.log_num_images, max_order), len(tokens))
+                for counts, tokens in zip(image_counts, image_tokens)
+            ]
+            for image_counts, image_tokens in zip(reference_counts, reference_tokens)
+        ]
+
+    def __len__(self):
+        return len(self._references)
+
+    def score(self, predictions, image_indices=None):
+        """CIDEr-D of each prediction against the references of its image.
+
+        Args:
+            predictions: list of str, tokenised captions.
+            image_indices: the corpus image of each prediction (ints); defaults
+                to `range(len(predictions))`, one prediction per image in order.
+
+        Returns:
+            A float64 array of shape `(len(predictions),)`.
+        """
+        if image_indices is None:
+            image_indices = range(len(predictions))
+        image_indices = [int(i) for i in image_indices]
+        if len(image_indices) != len(predictions):
+            raise ValueError(
+                f"`image_indices` must give one image per prediction. Received: "
+                f"{len(image_indices)} indices for {len(predictions)} predictions"
+            )
+        for i in image_indices:
+            if not 0 <= i < len(self._references):
+                raise ValueError(
+                    f"Image index {i} is outside the corpus of {len(self._references)} images."
+                )
+        return np.asarray(
+            [self._score_one(p, self._references[i]) for p, i in zip(predictions, image_indices)],
+            dtype=np.float64,
+        )
+
+    def _score_one(self, prediction, image_references):
+        max_order = self.max_order
         prediction_tokens = prediction.split()
         prediction_weights, prediction_norms = _tf_idf(
             ngram_counts(prediction_tokens, max_order),
-            document_frequency,
-            log_num_images,
+            self.document_frequency,
+            self.log_num_images,
             max_order,
         )
         similarity = np.zeros(max_order)
-        for counts, tokens in zip(image_counts, image_tokens):
-            reference_weights, reference_norms = _tf_idf(
-                counts, document_frequency, log_num_images, max_order
-            )
+        for reference_weights, reference_norms, reference_length in image_references:
             dot_products = [0.0] * max_order
             for ngram, weight in prediction_weights.items():
                 reference_weight = reference_weights.get(ngram, 0.0)
                 # CIDEr-D clips the prediction's weight to the reference's so that
                 # repeating a matching n-gram does not raise the score.
-                dot_products[len(ngram) - 1] += (
-                    min(weight, reference_weight) * reference_weight
-                )
-            length_delta = len(prediction_tokens) - len(tokens)
-            length_penalty = math.exp(-(length_delta**2) / (2.0 * sigma**2))
+                dot_products[len(ngram) - 1] += min(weight, reference_weight) * reference_weight
+            length_delta = len(prediction_tokens) - reference_length
+            length_penalty = math.exp(-(length_delta**2) / (2.0 * self.sigma**2))
             for order in range(max_order):
                 norm_product = prediction_norms[order] * reference_norms[order]
                 if norm_product != 0.0:
-                    similarity[order] += (
-                        dot_products[order] / norm_product * length_penalty
-                    )
-        per_image.append(10.0 * float(np.mean(similarity)) / len(image_tokens))
-
-    per_image = np.asarray(per_image, dtype=np.float64)
-    score = float(np.mean(per_image))
-    if return_per_image:
-        return score, per_image
-    return score
+                    similarity[order] += dot_products[order] / norm_product * length_penalty
+        return 10.0 * float(np.mean(similarity)) / len(image_references)

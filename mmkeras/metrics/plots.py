@@ -212,15 +212,20 @@ _CURVES = (
     ("loss", ("loss",), ("val_loss",)),
     ("accuracy", ("token_accuracy", "accuracy"), ("val_token_accuracy", "val_accuracy")),
     ("learning rate", ("learning_rate",), ()),
+    ("self-critical reward (CIDEr-D)", ("reward",), ()),
 )
+# A captioner in self-critical training logs token accuracy only over its
+# teacher-forcing steps and the reward only over its self-critical ones; an
+# interval without such steps logs exactly 0, which the curves leave out.
+_ZERO_IS_UNMEASURED = ("token_accuracy", "reward")
 
 
 def plot_training_curves(records, path, title=None):
-    """Writes loss, accuracy and learning rate against the step as a PNG.
+    """Writes loss, accuracy, learning rate (and a self-critical reward) against the step as a PNG.
 
     Args:
         records: iterable of dicts with a `"step"` and any of `"loss"`,
-            `"token_accuracy"` or `"accuracy"`, `"learning_rate"` (training)
+            `"token_accuracy"` or `"accuracy"`, `"learning_rate"`, `"reward"` (training)
             and `"val_loss"`, `"val_token_accuracy"` or `"val_accuracy"`
             (validation, drawn as points), e.g. the lines of a run's
             `logs/train_log.jsonl`. Records without a step are skipped.
@@ -245,7 +250,8 @@ def plot_training_curves(records, path, title=None):
 
     def series(keys):
         for key in keys:
-            points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+            points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))
+                      and not (key in _ZERO_IS_UNMEASURED and r[key] == 0)]
             if points:
                 return key, points
         return None, []

@@ -21,7 +21,8 @@ def finished_rows(prompt, index, end_token_id, pad_token_id):
     return ops.logical_or(ops.equal(previous, end_token_id), ops.equal(previous, pad_token_id))
 
 
-def greedy_search(decoder_logits, constrain, prompt, cache, length_penalty, end_token_id, pad_token_id):
+def greedy_search(decoder_logits, constrain, prompt, cache, length_penalty, end_token_id, pad_token_id,
+                  choose=None):
     """Greedy decoding that scores the caption while it generates it.
 
     keras-hub's `GreedySampler` returns the token ids only, so their
@@ -30,7 +31,9 @@ def greedy_search(decoder_logits, constrain, prompt, cache, length_penalty, end_
     the logits it picks it with: the score that
     `ImageCaptioner._sequence_scores` defines, without the pass (about a fifth of a cached greedy call at batch 64;
     `benchmarks/caption_speed.py` times it). The token is the argmax of
-    the constrained logits, as the sampler's. Returns `(token_ids, scores)`.
+    the constrained logits, as the sampler's; `choose(logits, index)`, given,
+    picks it instead (e.g. a draw from the softmax: the samples of
+    self-critical training). Returns `(token_ids, scores)`.
     """
     rows, max_length = ops.shape(prompt)[0], ops.shape(prompt)[1]
 
@@ -42,7 +45,9 @@ def greedy_search(decoder_logits, constrain, prompt, cache, length_penalty, end_
 
     def body(prompt, cache, index, total, count):
         logits, _, cache = decoder_logits(prompt, cache, index)
-        tokens = ops.cast(ops.argmax(constrain(logits, prompt, index), axis=-1), prompt.dtype)
+        allowed = constrain(logits, prompt, index)
+        picked_ids = ops.argmax(allowed, axis=-1) if choose is None else choose(allowed, index)
+        tokens = ops.cast(picked_ids, prompt.dtype)
         # The decoder's own log-probabilities (constraints not renormalised);
         # tokens after the end token do not count.
         log_probs = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)

@@ -16,6 +16,7 @@ from mmkeras.layers.image_encoder import ImageEncoder
 from mmkeras.layers.text_decoder import TextDecoder
 from mmkeras.models.replica_utils import scale_for_replicas
 from mmkeras.models.replica_utils import sum_over_replicas
+from mmkeras.models.self_critical import self_critical_train_step
 
 GENERATION_METHODS = ("greedy", "beam", "top_k")
 
@@ -66,7 +67,9 @@ class ImageCaptioner(keras.Model):
     Call arguments:
         inputs: dict with `"images"` float `(batch, image_size, image_size, 3)`
             in `[0, 255]`, `"token_ids"` int `(batch, length)` and optionally
-            `"padding_mask"` `(batch, length)`.
+            `"padding_mask"` `(batch, length)`; training batches of
+            self-critical training (`enable_self_critical`) also carry
+            `"image_index"`, which `train_step` takes out.
         training: bool.
 
     Returns:
@@ -113,6 +116,9 @@ class ImageCaptioner(keras.Model):
         self.token_accuracy = keras.metrics.SparseCategoricalAccuracy(
             name="token_accuracy"
         )
+        # Mean CIDEr-D of the sampled captions, in self-critical steps only.
+        self.reward_tracker = keras.metrics.Mean(name="reward")
+        self._self_critical = None
         self._generate_functions = _FunctionCache()
 
     def build(self, inputs_shape):
@@ -165,17 +171,27 @@ class ImageCaptioner(keras.Model):
     # Loss and metrics live on the model so that `fit` and the custom
     # distributed loop share one definition of the training step.
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        return self._token_loss(y, y_pred, sample_weight)
+
+    def _token_loss(self, y, y_pred, sample_weight=None, counted=None):
+        """Weighted cross-entropy summed over tokens / the global count of `counted` tokens.
+
+        `counted` defaults to `sample_weight` (teacher forcing: 1.0 on real
+        targets); self-critical steps pass signed advantages as weights and
+        count the real tokens of the samples.
+        """
         logits = y_pred["logits"] if isinstance(y_pred, dict) else y_pred
         if sample_weight is None:
             sample_weight = ops.cast(ops.not_equal(y, self.pad_token_id), "float32")
         per_token = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
         weights = ops.cast(sample_weight, per_token.dtype)
+        counted = weights if counted is None else ops.cast(counted, per_token.dtype)
         # The mean over the real tokens of the *global* batch: each replica
         # divides its sum by the token count of all replicas, and the
         # optimizer's all-reduce sums the replicas' gradients. (Dividing by the
         # local count and by the number of replicas, as Keras losses do, would
         # weight a replica's tokens by how many others it happened to get.)
-        tokens = sum_over_replicas(ops.sum(weights))
+        tokens = sum_over_replicas(ops.sum(counted))
         loss = ops.sum(per_token * weights) / ops.maximum(tokens, 1.0)
         for extra in self.losses:
             loss = loss + scale_for_replicas(ops.cast(ops.sum(extra), loss.dtype))
@@ -187,6 +203,57 @@ class ImageCaptioner(keras.Model):
             sample_weight = ops.cast(ops.not_equal(y, self.pad_token_id), "float32")
         self.token_accuracy.update_state(y, logits, sample_weight=sample_weight)
         return self.get_metrics_result()
+
+    @property
+    def metrics(self):
+        metrics = super().metrics
+        if self._self_critical is None:
+            return [m for m in metrics if m is not self.reward_tracker]
+        return metrics
+
+    # Self-critical sequence training.
+    def enable_self_critical(self, reward, from_step=0, num_samples=5):
+        """Trains with self-critical sequence training from optimizer step `from_step` on.
+
+        Until `from_step`, `train_step` is teacher forcing; from then on
+        each step samples `num_samples` captions for each of the first
+        `batch // num_samples` images of the batch, scores them with
+        `reward`, and weights each sample's log-likelihood by its reward
+        minus the mean reward of the image's other samples
+        (`mmkeras.models.self_critical`). The batch's inputs must then
+        carry `"image_index"` (int `(batch,)`), the key `reward` looks
+        references up by. Metrics: `reward` (mean reward of the samples)
+        from `from_step` on; `token_accuracy` counts teacher-forcing steps
+        only. The step calls `reward` through `tf.numpy_function`, so it
+        cannot be XLA-compiled. `disable_self_critical()` turns it off.
+
+        Args:
+            reward: `(image_index, token_ids) -> float32 rewards`, numpy in
+                and out, e.g. `mmkeras.models.self_critical.CIDErReward`.
+            from_step: int >= 0, the first self-critical optimizer step.
+            num_samples: int >= 2, captions sampled per image.
+        """
+        if not callable(reward):
+            raise ValueError(f"`reward` must be callable. Received: reward={reward!r}")
+        if from_step < 0:
+            raise ValueError(f"`from_step` must be >= 0. Received: from_step={from_step}")
+        if num_samples < 2:
+            raise ValueError(
+                "`num_samples` must be >= 2 (the baseline is the mean of the other "
+                f"samples). Received: num_samples={num_samples}"
+            )
+        self._self_critical = (reward, int(from_step), int(num_samples))
+        self.train_function = None  # retrace: the step's graph changes
+
+    def disable_self_critical(self):
+        """Back to teacher forcing at every step."""
+        self._self_critical = None
+        self.train_function = None
+
+    def train_step(self, data):
+        if self._self_critical is None:
+            return super().train_step(data)
+        return self_critical_train_step(self, data, *self._self_critical)
 
     # Generation.
     def _sampler(self, method, num_beams, k, temperature, seed):
@@ -254,6 +321,14 @@ class ImageCaptioner(keras.Model):
         if method == "beam" and not 1 <= num_beams <= vocabulary_size:
             raise ValueError(f"`num_beams` must be between 1 and {vocabulary_size}. Received: num_beams={num_beams}")
         image_tokens = self.image_encoder(images, training=False)["tokens"]
+        return self._search(
+            image_tokens, method, max_length, num_beams, k, temperature, seed, use_cache, sampler,
+            no_repeat_ngram_size, length_penalty,
+        )
+
+    def _search(self, image_tokens, method, max_length, num_beams=3, k=5, temperature=1.0, seed=None,
+                use_cache=True, sampler=None, no_repeat_ngram_size=0, length_penalty=1.0, choose=None):
+        """`generate_tokens` from the image tokens on; `choose` as `greedy_search`'s."""
         beams = num_beams if method == "beam" else 1
         # Beam search works on batch * beams rows, beams of an image adjacent.
         expanded = ops.repeat(image_tokens, beams, axis=0) if beams > 1 else image_tokens
@@ -306,7 +381,8 @@ class ImageCaptioner(keras.Model):
             return {"token_ids": token_ids, "scores": scores}
         if method == "greedy" and sampler is None:
             token_ids, scores = greedy_search(
-                decoder_logits, constrain, prompt, cache, length_penalty, self.end_token_id, self.pad_token_id
+                decoder_logits, constrain, prompt, cache, length_penalty, self.end_token_id, self.pad_token_id,
+                choose=choose,
             )
             return {"token_ids": token_ids, "scores": scores}
         sampler = sampler or self._sampler(method, num_beams, k, temperature, seed)

@@ -32,6 +32,12 @@ def scale_for_replicas(value):
     return value if context is None else value / context.num_replicas_in_sync
 
 
+def unscale_for_replicas(value):
+    """A replica's share of the global loss -> the value its loss metric averages to the global loss."""
+    context = replica_context()
+    return value if context is None else value * context.num_replicas_in_sync
+
+
 def gather_over_replicas(value):
     """`(all replicas' value concatenated on axis 0, this replica's row offset)`.
 

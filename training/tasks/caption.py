@@ -18,8 +18,10 @@ from mmkeras.metrics import caption_metrics
 from mmkeras.metrics.caption_metrics import caption_words
 from mmkeras.metrics.caption_metrics import novel_word_rate
 from mmkeras.models import build_image_captioner
+from mmkeras.models.self_critical import CIDErReward
 from training import distribute
 from training import loop
+from training.tasks.base import ConfigError
 from training.tasks.base import DataError
 from training.tasks.base import Task
 from training.tasks.base import image_encoder_kwargs
@@ -192,8 +194,14 @@ class CaptionTask(Task):
             # Evaluation keeps the pipeline's defaults: every image once, cached.
             augment=data_cfg.augment and training, cache=data_cfg.cache or not training,
             skip_bad_examples=data_cfg.skip_bad_examples and training,
-            feature_extractor=feature_extractor,
+            feature_extractor=feature_extractor, feature_views=data_cfg.feature_views,
+            # The self-critical reward finds each image's references by it.
+            with_image_index=training and self.self_critical,
         )
+
+    @property
+    def self_critical(self):
+        return self.cfg.caption.self_critical_from_step > 0
 
     def global_train_dataset(self):
         # Sharded TFRecords (train_dataset below) stream images: no feature cache.
@@ -211,7 +219,45 @@ class CaptionTask(Task):
         return self._dataset(records, self.cfg.data.batch_size, training=False) if records else None
 
     def build_model(self):
-        return build_model(self.cfg, self.tokenizer)
+        model = build_model(self.cfg, self.tokenizer)
+        caption_cfg = self.cfg.caption
+        if self.self_critical:
+            self._check_self_critical()
+            ids = special_token_ids(self.tokenizer)
+            reward = CIDErReward(
+                [list(r.captions) for r in self.splits["train"]], self.tokenizer.get_vocabulary(),
+                end_token_id=ids["end"], pad_token_id=ids["pad"], start_token_id=ids["start"],
+            )
+            model.enable_self_critical(
+                reward, from_step=caption_cfg.self_critical_from_step, num_samples=caption_cfg.self_critical_samples
+            )
+        return model
+
+    def _check_self_critical(self):
+        """Settings self-critical training cannot run with, as a `ConfigError` before training."""
+        cfg, setting = self.cfg, "caption.self_critical_from_step"
+        if self.sharded_dir:
+            raise ConfigError(
+                f"{setting}: self-critical training needs in-memory caption data (its reward looks up "
+                f"each image's references); {cfg.data.spec!r} streams TFRecord shards. Use the source "
+                "data (e.g. flickr8k:DIR) or set it to 0."
+            )
+        if cfg.train.jit_compile:
+            raise ConfigError(
+                f"{setting} with train.jit_compile: the self-critical step computes its CIDEr-D reward "
+                "in Python (tf.numpy_function), which XLA cannot compile."
+            )
+        if cfg.train.early_stopping_patience > 0:
+            raise ConfigError(
+                f"{setting} with train.early_stopping_patience: early stopping watches teacher-forced "
+                "validation metrics, which self-critical training does not optimise (it would restore "
+                "the weights from before it). Set train.early_stopping_patience=0."
+            )
+        if cfg.caption.self_critical_samples < 2:
+            raise ConfigError(
+                "caption.self_critical_samples must be >= 2 (each sample's baseline is the mean reward "
+                f"of the others). Received: {cfg.caption.self_critical_samples}"
+            )
 
     def encoders(self, model):
         return {"image_encoder": model.image_encoder}

@@ -180,7 +180,7 @@ class ClassifyTask(Task):
             training=training, multi_label=self.data.multi_label, seed=self.cfg.train.seed,
             synthetic=self.data.synthetic, augment=data_cfg.augment and training,
             cache=data_cfg.cache or not training, skip_bad_examples=data_cfg.skip_bad_examples,
-            feature_extractor=self.image_feature_extractor,
+            feature_extractor=self.image_feature_extractor, feature_views=data_cfg.feature_views,
             text_features=finetune.text_feature_lookup(
                 self.text_feature_extractor, [r.text for r in records], self.text_preprocessor, data_cfg),
         )

@@ -115,7 +115,7 @@ class ContrastiveTask(Task):
             records, self.text_preprocessor, data_cfg.image_size, batch_size, training=training,
             seed=self.cfg.train.seed, synthetic=self.synthetic, augment=data_cfg.augment and training,
             cache=data_cfg.cache or not training, skip_bad_examples=data_cfg.skip_bad_examples and training,
-            feature_extractor=feature_extractor, text_features=text_features,
+            feature_extractor=feature_extractor, text_features=text_features, feature_views=data_cfg.feature_views,
         )
 
     def _train_text_features(self):
