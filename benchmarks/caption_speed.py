@@ -69,8 +69,8 @@ One model, one process, one run:
    those executed.
 
 Generation runs on the weights as given, before training: fresh weights
-rarely emit the end token, so every method runs the full sequence length
-and the cache comparison is not blurred by early stopping. With
+(seeded by --seed) rarely emit the end token, so every method runs the full
+sequence length and the cache comparison is not blurred by early stopping. With
 --model_dir the trained weights stop at their end tokens, which shows the
 speedup at natural caption lengths (the mean is printed). Ends with one
 JSON line of all figures.
@@ -100,6 +100,8 @@ flags.DEFINE_float("target_spread", 0.1, "Stop interleaving once the 90% interva
                   "over the median, is narrower than this.")
 flags.DEFINE_float("peak_seconds", 1.0, "Length of one timing window of the matmul peak.")
 flags.DEFINE_bool("xla", True, "Also time training and generation with XLA (jit_compile=True).")
+flags.DEFINE_integer("seed", 0, "Seed of the fresh weights: their captions' lengths set the greedy loop's "
+                     "iterations, so runs of one seed compare.")
 FLAGS = flags.FLAGS
 
 PEAK_SIZES = (1024, 2048, 3072, 4096)
@@ -366,6 +368,7 @@ def main(argv):
         model = keras.saving.load_model(os.path.join(FLAGS.model_dir, "model.keras"))
         tokenizer = model.tokenizer
     else:
+        keras.utils.set_random_seed(FLAGS.seed)
         tokenizer = build_tokenizer(learn_vocabulary([c for r in train_records for c in r.captions] * 20,
                                                      cfg.data.vocabulary_size))
         cfg = config_lib.override(cfg, [f"data.sequence_length={FLAGS.sequence_length}"])
