@@ -37,7 +37,7 @@ def test_cross_modal_attention_cache_matches_full_call():
     x = RNG.normal(size=(2, 4, 8)).astype("float32")
     full_mask = np.tril(np.ones((4, 4), bool))[None]
     full = ops.convert_to_numpy(layer(x, x, attention_mask=full_mask))
-    cache = (ops.zeros((2, 4, 2, 4)), ops.zeros((2, 4, 2, 4)))
+    cache = (ops.zeros((2, 2, 4, 4)), ops.zeros((2, 2, 4, 4)))  # (batch, heads, length, key_dim)
     for i in range(4):
         step = x[:, i : i + 1]
         mask = (np.arange(4) <= i)[None, None, :]

@@ -33,13 +33,12 @@ class CrossModalAttention(keras.layers.Layer):
             (usually one); with a `cache` and no index, ignored.
         attention_mask: optional bool tensor `(batch, query_length,
             context_length)` (or broadcastable); `True` means "may attend".
-        cache: optional tuple `(key, value)` of projected keys and values.
-            With a `cache_update_index` (a growing self-attention cache),
-            float tensors `(batch, cache_length, num_heads, key_dim)`, updated
-            in place; without one, `compute_cache`'s output `(batch,
-            num_heads, cache_length, key_dim)`, read only. A tuple rather than
-            one stacked tensor, so that a generation step copies only what it
-            updates.
+        cache: optional tuple `(key, value)` of projected keys and values,
+            float tensors `(batch, num_heads, cache_length, key_dim)` (see
+            `compute_cache`): with a `cache_update_index`, a growing
+            self-attention cache that the call updates; without one, read
+            only. A tuple rather than one stacked tensor, so that a
+            generation step copies only what it updates.
         cache_update_index: optional int, where the keys/values projected from
             `context` are written into `cache` before attending.
         return_attention_scores: bool, also return the attention
@@ -153,18 +152,18 @@ class CrossModalAttention(keras.layers.Layer):
     ):
         if context is None:
             context = query
-        # Keys and values are (batch, context, heads, key_dim), or with a
-        # `compute_cache` cache (batch, heads, context, key_dim).
-        heads_first = cache is not None and cache_update_index is None
-        if heads_first:
+        # Keys and values are (batch, context, heads, key_dim) as projected,
+        # and (batch, heads, context, key_dim) in a cache (see `compute_cache`).
+        heads_first = cache is not None
+        if cache is not None and cache_update_index is None:
             key, value = cache
         else:
             key = self.key_dense(context)
             value = self.value_dense(context)
             if cache is not None:
-                start = [0, cache_update_index, 0, 0]
-                key = ops.slice_update(cache[0], start, key)
-                value = ops.slice_update(cache[1], start, value)
+                start = [0, 0, cache_update_index, 0]
+                key = ops.slice_update(cache[0], start, ops.transpose(key, (0, 2, 1, 3)))
+                value = ops.slice_update(cache[1], start, ops.transpose(value, (0, 2, 1, 3)))
                 cache = (key, value)
 
         query = self.query_dense(query)

@@ -170,9 +170,10 @@ class TextDecoder(keras.layers.Layer):
         """Empty self-attention cache for generation.
 
         Returns a tuple with one `(key, value)` pair of zeros `(batch_size,
-        max_length, num_heads, head_dim)` per block.
+        num_heads, max_length, head_dim)` per block (heads first, as
+        `CrossModalAttention` caches keys and values).
         """
-        shape = (batch_size, max_length, self.num_heads, self.head_dim)
+        shape = (batch_size, self.num_heads, max_length, self.head_dim)
         return tuple(
             (ops.zeros(shape, self.compute_dtype), ops.zeros(shape, self.compute_dtype))
             for _ in self.blocks
@@ -206,7 +207,7 @@ class TextDecoder(keras.layers.Layer):
             score list if asked.
         """
         new_length = ops.shape(token_ids)[1]
-        max_length = ops.shape(cache[0][0])[1]
+        max_length = ops.shape(cache[0][0])[2]
         x = self._embed(token_ids, start_index=cache_update_index)
         mask = causal_mask(new_length, max_length, start_index=cache_update_index)
         mask = mask[None, :, :]
