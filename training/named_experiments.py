@@ -78,7 +78,10 @@ def caption_flickr8k_pretrained():
         # beam-3 CIDEr 0.31 against 0.32-0.34 at 560).
         train=dataclasses.replace(base.train, steps=560, learning_rate=1e-3, warmup_steps=60,
                                   steps_per_epoch=100, checkpoint_every=100),
-        caption=CaptionConfig(min_word_count=2),
+        # Beam 5 with no repeated trigram: chosen on the validation split
+        # (+0.02 CIDEr over beam 3 there); on test, beam CIDEr 0.353 against
+        # 0.317 and greedy BLEU-4 0.153 against 0.147, the same weights.
+        caption=CaptionConfig(min_word_count=2, num_beams=5, no_repeat_ngram_size=3),
     )
 
 
