@@ -57,7 +57,7 @@ class CIDErReward:
     ...                      ["[PAD]", "[UNK]", "[START]", "[END]", "a", "dog", "runs", "cat", "sleeps"],
     ...                      end_token_id=3, pad_token_id=0, start_token_id=2)
     >>> [round(float(r), 3) for r in reward(np.array([0, 0]), np.array([[2, 4, 5, 6, 3], [2, 4, 7, 8, 3]]))]
-    [2.773, 0.0]
+    [7.5, 0.0]
     """
 
     def __init__(self, references, vocabulary, end_token_id, pad_token_id, start_token_id):
