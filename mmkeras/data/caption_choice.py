@@ -23,8 +23,16 @@ def choose_caption(seed, position, refs):
     Returns:
         A scalar `tf.string` tensor, one element of `refs`.
     """
-    n = tf.shape(refs, out_type=tf.int64)[0]
-    choice = tf.random.stateless_uniform(
-        (), seed=tf.stack([tf.cast(seed, tf.int64), position]), maxval=n, dtype=tf.int64
+    return refs[stateless_index(seed, position, tf.shape(refs, out_type=tf.int64)[0])]
+
+
+def stateless_index(seed, position, n):
+    """A uniform int64 scalar in `[0, n)` drawn from `(seed, position)` alone, in graph.
+
+    The choice every pipeline makes per stream position (a caption here, a
+    cached feature view in `image_table.pick_view`): no random state, so a
+    resumed stream repeats it.
+    """
+    return tf.random.stateless_uniform(
+        (), seed=tf.stack([tf.cast(seed, tf.int64), tf.cast(position, tf.int64)]), maxval=n, dtype=tf.int64
     )
-    return refs[choice]

@@ -16,6 +16,7 @@ than a caption decoder step).
 import numpy as np
 import tensorflow as tf
 
+from mmkeras.data.caption_choice import stateless_index
 from mmkeras.data.records import BadExampleError
 from mmkeras.data.records import SKIP_HINT
 
@@ -118,11 +119,8 @@ def pick_view(rows, views, seed, position):
     """The `view_feature_table` row of one visit: a view of image `rows` chosen statelessly from `(seed, position)`."""
     if views == 1:
         return rows
-    view = tf.random.stateless_uniform(
-        [], seed=tf.stack([tf.cast(seed, tf.int64), tf.cast(position, tf.int64) + 7919]),
-        maxval=views, dtype=tf.int64,
-    )
-    return rows * views + view
+    # Offset from the caption choice's draw of the same position.
+    return rows * views + stateless_index(seed, tf.cast(position, tf.int64) + 7919, views)
 
 
 def table_gather(table, dtype):
