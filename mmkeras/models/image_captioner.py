@@ -2,11 +2,11 @@
 
 import keras
 import keras_hub
-import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from mmkeras.data.tokenizer import detokenize_generated
+from mmkeras.models.caption_attention import token_attention
 from mmkeras.models.caption_search import beam_search
 from mmkeras.models.caption_search import greedy_search
 from mmkeras.models.generation_constraints import block_repeated_ngrams
@@ -540,49 +540,9 @@ class ImageCaptioner(keras.Model):
     def token_attention(self, images, token_ids):
         """The cross-attention paid to the image for each token of given captions.
 
-        Runs the decoder once (teacher forcing) over `token_ids`. With causal
-        self-attention, position `t` of that pass computes exactly what
-        generation step `t` computed when these tokens were generated, so for
-        generated ids these are the scores generation used.
-
-        Args:
-            images: float `(batch, image_size, image_size, 3)` in `[0, 255]`.
-            token_ids: int `(batch, length)`: the start token, then caption
-                tokens, then the end token and padding (as `generate()`
-                returns them).
-
-        Returns:
-            A dict with `"captions"` (list of str), `"tokens"` (list of lists
-            of str: each caption's tokens before the end token),
-            `"token_ids"` int numpy `(batch, steps)` (the ids after the start
-            token, `steps = length - 1`) and `"attention"` float32 numpy
-            `(batch, steps, num_layers, image_tokens)`: for each token, the
-            cross-attention of the position that predicted it, averaged over
-            heads (rows sum to 1).
+        See `mmkeras.models.caption_attention.token_attention`.
         """
-        if self.tokenizer is None:
-            raise ValueError("This ImageCaptioner has no tokenizer; pass `tokenizer=`.")
-        token_ids = ops.convert_to_tensor(token_ids, dtype="int32")
-        images = ops.convert_to_tensor(images, dtype=self.compute_dtype)
-        captions = self.detokenize(token_ids)
-        # Input position t (the start token, then caption tokens) is the
-        # query that predicted token t + 1.
-        scores = self.compute_attention_maps(images, token_ids[:, :-1])
-        attention = ops.mean(ops.stack(scores, axis=1), axis=2)  # (batch, layers, steps, image)
-        attention = ops.transpose(ops.cast(attention, "float32"), (0, 2, 1, 3))
-        following = np.asarray(ops.convert_to_numpy(token_ids))[:, 1:]
-        tokens = []
-        for row in following:
-            ended = np.flatnonzero(row == self.end_token_id)
-            length = int(ended[0]) if ended.size else len(row)
-            tokens.append([self.tokenizer.id_to_token(int(i)) for i in row[:length]
-                           if int(i) != self.pad_token_id])
-        return {
-            "captions": [c.decode("utf-8") for c in ops.convert_to_numpy(captions).tolist()],
-            "tokens": tokens,
-            "token_ids": following,
-            "attention": np.asarray(ops.convert_to_numpy(attention)),
-        }
+        return token_attention(self, images, token_ids)
 
     def get_config(self):
         config = super().get_config()
