@@ -22,7 +22,11 @@ from mmkeras.data.records import SKIP_HINT
 
 # Images decoded (or encoded) per step while a table is filled.
 _DECODE_BATCH = 256
-_FEATURE_BATCH = 64
+# Small, because TensorFlow keeps the memory of the encoder's activations at
+# the largest batch it ran: `benchmarks/feature_cache_memory.py` (800 Flickr8k
+# photos, EfficientNet-Lite0 at 224 px, 191 MiB of features) measured peak
+# memory +387 MiB at 16 and +1,201 MiB at 64, in 9.7 s and 12.1 s.
+_FEATURE_BATCH = 16
 
 
 def image_table(images, load, image_size):
@@ -70,7 +74,7 @@ def checked_image_table(owners, load, image_size, skip_bad_examples=False):
     return table, decoded
 
 
-def feature_table(table, feature_extractor):
+def feature_table(table, feature_extractor, out=None):
     """Runs `feature_extractor` over a uint8 image table, in batches.
 
     Args:
@@ -78,16 +82,23 @@ def feature_table(table, feature_extractor):
         feature_extractor: callable, float32 `(batch, size, size, 3)` pixels in
             `[0, 255]` -> features `(batch, ...)` (e.g. a frozen
             `ImageEncoder.features` in inference mode).
+        out: optional float32 array `(num_images, ...)` (a view may be
+            strided) that the features are written into, batch by batch.
 
     Returns:
-        float32 numpy `(num_images, ...)`.
+        float32 numpy `(num_images, ...)`: `out` when given. Batches go
+        straight into it, so the peak is the table plus one batch (collecting
+        the batches and concatenating them held the features twice).
     """
     extract = tf.function(lambda images: feature_extractor(tf.cast(images, tf.float32)))
-    parts = [
-        np.asarray(extract(table[start : start + _FEATURE_BATCH]), dtype=np.float32)
-        for start in range(0, len(table), _FEATURE_BATCH)
-    ]
-    return np.concatenate(parts, axis=0)
+    for start in range(0, len(table), _FEATURE_BATCH):
+        batch = np.asarray(extract(table[start : start + _FEATURE_BATCH]), dtype=np.float32)
+        if out is None:
+            out = np.empty((len(table),) + batch.shape[1:], np.float32)
+        out[start : start + len(batch)] = batch
+    if out is None:
+        raise ValueError("Cannot build a feature table of zero images.")
+    return out
 
 
 def view_feature_table(table, feature_extractor, augmenter=None, views=1):
@@ -98,7 +109,8 @@ def view_feature_table(table, feature_extractor, augmenter=None, views=1):
     that sees augmented pixels. This caches several augmented views instead:
     view 0 is the image itself, views 1.. pass it through `augmenter`
     (`training=True`, its own random draws) before the encoder, and training
-    picks one view per visit (`pick_view`). Memory grows `views`-fold.
+    picks one view per visit (`pick_view`). Memory grows `views`-fold, and
+    only that: every view is written into its place of the one result.
 
     Returns:
         float32 numpy `(num_images * views, ...)`: image i's view v at row
@@ -108,10 +120,16 @@ def view_feature_table(table, feature_extractor, augmenter=None, views=1):
         raise ValueError(f"`views` must be >= 1. Received: views={views}")
     if views > 1 and augmenter is None:
         raise ValueError("More than one view needs an `augmenter`.")
-    parts = [feature_table(table, feature_extractor)]
-    for _ in range(1, views):
-        parts.append(feature_table(table, lambda images: feature_extractor(augmenter(images, training=True))))
-    stacked = np.stack(parts, axis=1)
+    first = feature_table(table, feature_extractor)
+    if views == 1:
+        return first
+    stacked = np.empty((len(table), views) + first.shape[1:], np.float32)
+    stacked[:, 0] = first
+    del first
+    for view in range(1, views):
+        feature_table(
+            table, lambda images: feature_extractor(augmenter(images, training=True)), out=stacked[:, view]
+        )
     return stacked.reshape((-1,) + stacked.shape[2:])
 
 
