@@ -109,8 +109,9 @@ def view_feature_table(table, feature_extractor, augmenter=None, views=1):
     that sees augmented pixels. This caches several augmented views instead:
     view 0 is the image itself, views 1.. pass it through `augmenter`
     (`training=True`, its own random draws) before the encoder, and training
-    picks one view per visit (`pick_view`). Memory grows `views`-fold, and
-    only that: every view is written into its place of the one result.
+    picks one view per visit (`pick_view`). Memory grows `views`-fold: the
+    views are written into their places of the one result (only the first
+    is copied there, once its shape is known).
 
     Returns:
         float32 numpy `(num_images * views, ...)`: image i's view v at row
