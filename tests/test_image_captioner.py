@@ -6,6 +6,7 @@ from keras import ops
 
 from mmkeras.data.tokenizer import build_tokenizer, learn_vocabulary, special_token_ids
 from mmkeras.models import ImageCaptioner, build_image_captioner
+from mmkeras.models.caption_search import sequence_scores
 from tests.layer_harness import run_save_load
 
 CAPTIONS = ["a red circle", "a blue square left of a red circle", "two green triangles", "a big blue square"]
@@ -316,7 +317,10 @@ def test_greedy_scores_equal_a_teacher_forced_pass(tokenizer):
     for options in ({}, {"no_repeat_ngram_size": 1, "length_penalty": 0.5}):
         out = model.generate(x["images"], method="greedy", **options)
         image_tokens = model.image_encoder(x["images"], training=False)["tokens"]
-        expected = model._sequence_scores(image_tokens, out["token_ids"], options.get("length_penalty", 1.0))
+        expected = sequence_scores(
+            model.text_decoder, image_tokens, out["token_ids"], model.special_token_ids,
+            options.get("length_penalty", 1.0),
+        )
         np.testing.assert_allclose(ops.convert_to_numpy(out["scores"]), ops.convert_to_numpy(expected), atol=1e-5)
 
 

@@ -1,16 +1,20 @@
-"""Greedy and beam search over an `ImageCaptioner`'s decoder, as graph-friendly loops.
+"""Caption decoding over a `TextDecoder`, as graph-friendly loops: what `ImageCaptioner` generates with.
 
-`ImageCaptioner.generate_tokens` hands them its decoder step and its logit
-constraints. Both work on the fixed-length token buffer of
-`generation_constraints`: `prompt` `(rows, max_length)` with the start token
-at position 0, filled in place at `index`, padded after the end token.
-`decoder_logits(prompt, cache, index)` returns `(logits, hidden, cache)` of
-the token at `index`; `constrain(values, prompt, index)` masks what may not
-be generated there.
+`search` runs one decoding method from the image tokens on (the body of
+`ImageCaptioner.generate_tokens`); it builds the decoder step and the logit
+constraints that `greedy_search` and `beam_search` loop over. All work on the
+fixed-length token buffer of `generation_constraints`: `prompt`
+`(rows, max_length)` with the start token at position 0, filled in place at
+`index`, padded after the end token. `decoder_logits(prompt, cache, index)`
+returns `(logits, hidden, cache)` of the token at `index`;
+`constrain(values, prompt, index)` masks what may not be generated there.
+`special` is the captioner's `{"start", "end", "pad", "unk"}` token ids
+(`"unk"` may be None).
 """
 
 from keras import ops, tree
 
+from mmkeras.models.generation_constraints import block_repeated_ngrams
 from mmkeras.models.generation_constraints import generated_lengths
 from mmkeras.models.generation_constraints import length_normalized
 
@@ -29,7 +33,7 @@ def greedy_search(decoder_logits, constrain, prompt, cache, length_penalty, end_
     scores took a second, teacher-forced decoder pass over the caption.
     Here each step adds the log-probability of the token it picks, from
     the logits it picks it with: the score that
-    `ImageCaptioner._sequence_scores` defines, without the pass (about a fifth of a cached greedy call at batch 64;
+    `sequence_scores` defines, without the pass (about a fifth of a cached greedy call at batch 64;
     `benchmarks/caption_speed.py` times it). The token is the argmax of
     the constrained logits, as the sampler's; `choose(logits, index)`, given,
     picks it instead (e.g. a draw from the softmax: the samples of
@@ -134,3 +138,124 @@ def beam_search(decoder_logits, constrain, prompt, cache, num_beams, length_pena
     best = ops.argmax(ops.reshape(scores, (batch, num_beams)), axis=1)
     best_rows = ops.arange(batch) * num_beams + ops.cast(best, "int32")
     return ops.take(prompt, best_rows, axis=0), ops.take(scores, best_rows, axis=0)
+
+
+def constrain_special_tokens(logits, previous_token, special):
+    """Masks (to -1e9) what may never be generated after `previous_token` `(rows,)`.
+
+    Once a sequence has ended, only padding may follow, with probability
+    one: greedy output stays clean and finished beams keep their score.
+    Before that, padding and the start token are never generated, or beam
+    search would "finish" sequences by emitting padding; nor is `[UNK]`,
+    what a rare training word was replaced with, not a word.
+    """
+    finished = ops.logical_or(
+        ops.equal(previous_token, special["end"]),
+        ops.equal(previous_token, special["pad"]),
+    )[:, None]
+    vocabulary = ops.arange(ops.shape(logits)[-1])[None, :]
+    is_pad = ops.equal(vocabulary, special["pad"])
+    never = ops.logical_or(is_pad, ops.equal(vocabulary, special["start"]))
+    if special.get("unk") is not None:
+        never = ops.logical_or(never, ops.equal(vocabulary, special["unk"]))
+    blocked = ops.cast(-1e9, logits.dtype)
+    open_logits = ops.where(never, blocked, logits)
+    pad_only = ops.where(is_pad, ops.cast(0.0, logits.dtype), blocked)
+    return ops.where(finished, pad_only, open_logits)
+
+
+def sequence_scores(text_decoder, image_tokens, token_ids, special, length_penalty=1.0):
+    """`(rows,)`: length-penalised log-probability of `token_ids` in one teacher-forced pass.
+
+    The score every method returns: the decoder's log-probabilities of the
+    generated tokens up to and including the first end token.
+    """
+    logits = text_decoder(token_ids[:, :-1], image_tokens, training=False)
+    log_probs = ops.log_softmax(logits, axis=-1)
+    targets = token_ids[:, 1:]
+    picked = ops.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    is_end = ops.cast(ops.equal(targets, special["end"]), "int32")
+    ended_before = ops.cumsum(is_end, axis=1) - is_end
+    counted = ops.logical_and(ops.equal(ended_before, 0), ops.not_equal(targets, special["pad"]))
+    counted = ops.cast(counted, "float32")
+    return length_normalized(
+        ops.sum(ops.cast(picked, "float32") * counted, axis=1),
+        ops.sum(counted, axis=1),
+        length_penalty,
+    )
+
+
+def search(text_decoder, image_tokens, special, method, max_length, num_beams=3, sampler=None, use_cache=True,
+           no_repeat_ngram_size=0, length_penalty=1.0, choose=None):
+    """Decodes captions of `image_tokens` `(batch, tokens, dim)` with `method`.
+
+    `"beam"` runs `beam_search` with `num_beams`; `"greedy"` without a
+    `sampler` runs `greedy_search` (`choose` as there); anything else runs
+    the keras-hub `sampler` (e.g. `TopKSampler`) and scores its captions with
+    `sequence_scores`. `use_cache=False` recomputes the decoder over the
+    whole sequence at every step (the baseline the cache is measured
+    against). Returns `{"token_ids": (batch, max_length), "scores": (batch,)}`.
+    """
+    beams = num_beams if method == "beam" else 1
+    # Beam search works on batch * beams rows, beams of an image adjacent.
+    expanded = ops.repeat(image_tokens, beams, axis=0) if beams > 1 else image_tokens
+    rows = ops.shape(expanded)[0]
+    prompt = ops.concatenate(
+        [
+            ops.full((rows, 1), special["start"], dtype="int32"),
+            ops.full((rows, max_length - 1), special["pad"], dtype="int32"),
+        ],
+        axis=1,
+    )
+
+    if use_cache:
+        cache = text_decoder.initial_cache(rows, max_length)
+        image_cache = text_decoder.image_cache(expanded)
+
+        def decoder_logits(prompt, cache, index):
+            previous = ops.slice(prompt, [0, index - 1], [ops.shape(prompt)[0], 1])
+            logits, hidden, cache = text_decoder.call_with_cache(previous, cache, index - 1, image_cache)
+            return logits[:, 0, :], hidden[:, 0, :], cache
+
+    else:
+        cache = ()
+
+        def decoder_logits(prompt, cache, index):
+            logits = text_decoder(prompt, expanded, training=False)
+            return ops.take(logits, index - 1, axis=1), None, cache
+
+    def constrain(values, prompt, index):
+        # The n-gram ban goes first: `constrain_special_tokens` then overrides
+        # finished rows with padding only, so it can never empty them.
+        values = block_repeated_ngrams(values, prompt, index, no_repeat_ngram_size, special["pad"])
+        return constrain_special_tokens(values, ops.take(prompt, index - 1, axis=1), special)
+
+    if method == "beam":
+        token_ids, scores = beam_search(
+            decoder_logits, constrain, prompt, cache, beams, length_penalty, special["end"], special["pad"],
+        )
+        return {"token_ids": token_ids, "scores": scores}
+    if method == "greedy" and sampler is None:
+        token_ids, scores = greedy_search(
+            decoder_logits, constrain, prompt, cache, length_penalty, special["end"], special["pad"], choose=choose,
+        )
+        return {"token_ids": token_ids, "scores": scores}
+
+    def next_token_logits(prompt, cache, index):
+        logits, hidden, cache = decoder_logits(prompt, cache, index)
+        return constrain(logits, prompt, index), hidden, cache
+
+    prompt_mask = ops.concatenate(
+        [ops.ones((rows, 1), "bool"), ops.zeros((rows, max_length - 1), "bool")],
+        axis=1,
+    )
+    token_ids = sampler(
+        next_token_logits,
+        prompt,
+        cache=cache,
+        index=1,
+        mask=prompt_mask,
+        stop_token_ids=[special["end"]],
+    )
+    return {"token_ids": token_ids, "scores": sequence_scores(text_decoder, image_tokens, token_ids, special,
+                                                              length_penalty)}

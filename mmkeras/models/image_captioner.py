@@ -7,11 +7,8 @@ from keras import ops
 
 from mmkeras.data.tokenizer import detokenize_generated
 from mmkeras.models.caption_attention import token_attention
-from mmkeras.models.caption_search import beam_search
-from mmkeras.models.caption_search import greedy_search
-from mmkeras.models.generation_constraints import block_repeated_ngrams
+from mmkeras.models.caption_search import search
 from mmkeras.models.generation_constraints import check_generation_options
-from mmkeras.models.generation_constraints import length_normalized
 from mmkeras.layers.image_encoder import ImageEncoder
 from mmkeras.layers.text_decoder import TextDecoder
 from mmkeras.models.replica_utils import scale_for_replicas
@@ -261,25 +258,11 @@ class ImageCaptioner(keras.Model):
             return None  # see caption_search.greedy_search and beam_search
         return keras_hub.samplers.TopKSampler(k=k, seed=seed, temperature=temperature)
 
-    def _constrain_logits(self, logits, previous_token):
-        # Once a sequence has ended, only padding may follow, with probability
-        # one: greedy output stays clean and finished beams keep their score.
-        # Before that, padding and the start token are never generated, or beam
-        # search would "finish" sequences by emitting padding.
-        finished = ops.logical_or(
-            ops.equal(previous_token, self.end_token_id),
-            ops.equal(previous_token, self.pad_token_id),
-        )[:, None]
-        vocabulary = ops.arange(ops.shape(logits)[-1])[None, :]
-        is_pad = ops.equal(vocabulary, self.pad_token_id)
-        never = ops.logical_or(is_pad, ops.equal(vocabulary, self.start_token_id))
-        if self.unk_token_id is not None:
-            # "[UNK]" is what a rare training word was replaced with, not a word.
-            never = ops.logical_or(never, ops.equal(vocabulary, self.unk_token_id))
-        blocked = ops.cast(-1e9, logits.dtype)
-        open_logits = ops.where(never, blocked, logits)
-        pad_only = ops.where(is_pad, ops.cast(0.0, logits.dtype), blocked)
-        return ops.where(finished, pad_only, open_logits)
+    @property
+    def special_token_ids(self):
+        """`{"start", "end", "pad", "unk"}`: the ids decoding treats specially (`"unk"` may be None)."""
+        return {"start": self.start_token_id, "end": self.end_token_id, "pad": self.pad_token_id,
+                "unk": self.unk_token_id}
 
     def generate_tokens(
         self,
@@ -321,102 +304,10 @@ class ImageCaptioner(keras.Model):
         if method == "beam" and not 1 <= num_beams <= vocabulary_size:
             raise ValueError(f"`num_beams` must be between 1 and {vocabulary_size}. Received: num_beams={num_beams}")
         image_tokens = self.image_encoder(images, training=False)["tokens"]
-        return self._search(
-            image_tokens, method, max_length, num_beams, k, temperature, seed, use_cache, sampler,
-            no_repeat_ngram_size, length_penalty,
-        )
-
-    def _search(self, image_tokens, method, max_length, num_beams=3, k=5, temperature=1.0, seed=None,
-                use_cache=True, sampler=None, no_repeat_ngram_size=0, length_penalty=1.0, choose=None):
-        """`generate_tokens` from the image tokens on; `choose` as `greedy_search`'s."""
-        beams = num_beams if method == "beam" else 1
-        # Beam search works on batch * beams rows, beams of an image adjacent.
-        expanded = ops.repeat(image_tokens, beams, axis=0) if beams > 1 else image_tokens
-        rows = ops.shape(expanded)[0]
-        prompt = ops.concatenate(
-            [
-                ops.full((rows, 1), self.start_token_id, dtype="int32"),
-                ops.full((rows, max_length - 1), self.pad_token_id, dtype="int32"),
-            ],
-            axis=1,
-        )
-
-        if use_cache:
-            cache = self.text_decoder.initial_cache(rows, max_length)
-            image_cache = self.text_decoder.image_cache(expanded)
-
-            def decoder_logits(prompt, cache, index):
-                previous = ops.slice(prompt, [0, index - 1], [ops.shape(prompt)[0], 1])
-                logits, hidden, cache = self.text_decoder.call_with_cache(
-                    previous, cache, index - 1, image_cache
-                )
-                return logits[:, 0, :], hidden[:, 0, :], cache
-
-        else:
-            # The baseline the cache is measured against: the whole sequence
-            # goes through the decoder again at every step.
-            cache = ()
-
-            def decoder_logits(prompt, cache, index):
-                logits = self.text_decoder(prompt, expanded, training=False)
-                return ops.take(logits, index - 1, axis=1), None, cache
-
-        def constrain(values, prompt, index):
-            # The n-gram ban goes first: `_constrain_logits` then overrides
-            # finished rows with padding only, so it can never empty them.
-            values = block_repeated_ngrams(
-                values, prompt, index, no_repeat_ngram_size, self.pad_token_id
-            )
-            return self._constrain_logits(values, ops.take(prompt, index - 1, axis=1))
-
-        def next_token_logits(prompt, cache, index):
-            logits, hidden, cache = decoder_logits(prompt, cache, index)
-            return constrain(logits, prompt, index), hidden, cache
-
-        if method == "beam":
-            token_ids, scores = beam_search(
-                decoder_logits, constrain, prompt, cache, beams, length_penalty,
-                self.end_token_id, self.pad_token_id,
-            )
-            return {"token_ids": token_ids, "scores": scores}
-        if method == "greedy" and sampler is None:
-            token_ids, scores = greedy_search(
-                decoder_logits, constrain, prompt, cache, length_penalty, self.end_token_id, self.pad_token_id,
-                choose=choose,
-            )
-            return {"token_ids": token_ids, "scores": scores}
-        sampler = sampler or self._sampler(method, num_beams, k, temperature, seed)
-        prompt_mask = ops.concatenate(
-            [ops.ones((rows, 1), "bool"), ops.zeros((rows, max_length - 1), "bool")],
-            axis=1,
-        )
-        token_ids = sampler(
-            next_token_logits,
-            prompt,
-            cache=cache,
-            index=1,
-            mask=prompt_mask,
-            stop_token_ids=[self.end_token_id],
-        )
-        scores = self._sequence_scores(image_tokens, token_ids, length_penalty)
-        return {"token_ids": token_ids, "scores": scores}
-
-    def _sequence_scores(self, image_tokens, token_ids, length_penalty=1.0):
-        logits = self.text_decoder(token_ids[:, :-1], image_tokens, training=False)
-        log_probs = ops.log_softmax(logits, axis=-1)
-        targets = token_ids[:, 1:]
-        picked = ops.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-        # Count generated tokens up to and including the first end token.
-        ended_before = ops.cumsum(ops.cast(ops.equal(targets, self.end_token_id), "int32"), axis=1)
-        ended_before = ended_before - ops.cast(ops.equal(targets, self.end_token_id), "int32")
-        counted = ops.logical_and(
-            ops.equal(ended_before, 0), ops.not_equal(targets, self.pad_token_id)
-        )
-        counted = ops.cast(counted, "float32")
-        return length_normalized(
-            ops.sum(ops.cast(picked, "float32") * counted, axis=1),
-            ops.sum(counted, axis=1),
-            length_penalty,
+        return search(
+            self.text_decoder, image_tokens, self.special_token_ids, method, max_length, num_beams=num_beams,
+            sampler=sampler or self._sampler(method, num_beams, k, temperature, seed), use_cache=use_cache,
+            no_repeat_ngram_size=no_repeat_ngram_size, length_penalty=length_penalty,
         )
 
     def generate(

@@ -24,6 +24,7 @@ from keras import ops
 
 from mmkeras.metrics.caption_metrics import normalize_caption
 from mmkeras.metrics.cider import CIDErScorer
+from mmkeras.models.caption_search import search
 from mmkeras.models.replica_utils import unscale_for_replicas
 
 
@@ -131,7 +132,9 @@ def self_critical_batch(captioner, inputs, image_index, reward, num_samples, ste
         return tf.random.stateless_categorical(ops.cast(logits, "float32"), 1, seed=seed)[:, 0]
 
     max_length = min(captioner.text_decoder.sequence_length, length + 1)
-    samples = captioner._search(image_tokens, "greedy", max_length, choose=choose)["token_ids"]
+    samples = search(
+        captioner.text_decoder, image_tokens, captioner.special_token_ids, "greedy", max_length, choose=choose
+    )["token_ids"]
     samples = ops.stop_gradient(samples)
     # Teacher-forcing layout: inputs are the sample without its last token,
     # targets the sample shifted left; padded to the batch's length.
