@@ -1,4 +1,3 @@
-import doctest
 import json
 import sys
 
@@ -8,8 +7,6 @@ import pytest
 from PIL import Image
 from sklearn import metrics as sk
 
-from mmkeras.metrics import classification
-from mmkeras.metrics import plots
 from mmkeras.metrics.classification import best_thresholds
 from mmkeras.metrics.classification import classification_report
 from mmkeras.metrics.classification import confusion_matrix
@@ -372,10 +369,3 @@ def test_plot_normalize_colours_rows_by_rate(tmp_path):
     counts = _plot_and_read(tmp_path / "counts", matrix, ["a", "b"], normalize=False)
     assert rates.shape == counts.shape
     assert _dark_blue_pixels(rates) > 1.5 * _dark_blue_pixels(counts) > 0
-
-
-def test_docstring_examples():
-    for module in (classification, plots):
-        result = doctest.testmod(module)
-        assert result.attempted > 0, module.__name__
-        assert result.failed == 0, module.__name__

@@ -276,12 +276,3 @@ def test_training_curves_draw_the_reward_only_where_it_was_measured(tmp_path):
         widths[name] = Image.open(path).size[0]
     # 4 inches a panel: loss, accuracy, learning rate, and the reward once it exists.
     assert widths["teacher"] == 1200 and widths["both"] == 1600
-
-
-def test_docstring_examples():
-    import doctest
-
-    from mmkeras.models import self_critical
-
-    result = doctest.testmod(self_critical)
-    assert result.attempted > 0 and result.failed == 0

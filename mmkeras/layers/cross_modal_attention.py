@@ -54,7 +54,7 @@ class CrossModalAttention(keras.layers.Layer):
     >>> layer = CrossModalAttention(num_heads=2)
     >>> text = keras.random.normal((2, 5, 16))
     >>> image = keras.random.normal((2, 9, 32))
-    >>> layer(text, image).shape
+    >>> tuple(layer(text, image).shape)
     (2, 5, 16)
     """
 

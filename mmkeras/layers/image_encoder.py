@@ -87,7 +87,7 @@ class ImageEncoder(keras.layers.Layer):
     Example:
     >>> encoder = ImageEncoder(hidden_dim=16, stem_filters=(8, 16))
     >>> outputs = encoder(keras.random.uniform((2, 32, 32, 3), maxval=255))
-    >>> outputs["tokens"].shape, outputs["pooled"].shape
+    >>> tuple(outputs["tokens"].shape), tuple(outputs["pooled"].shape)
     ((2, 64, 16), (2, 16))
     """
 

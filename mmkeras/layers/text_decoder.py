@@ -45,7 +45,7 @@ class TextDecoder(keras.layers.Layer):
     >>> decoder = TextDecoder(vocabulary_size=20, sequence_length=8, hidden_dim=16,
     ...                       num_layers=1, num_heads=2, intermediate_dim=32)
     >>> logits = decoder(ops.ones((2, 8), "int32"), keras.random.normal((2, 4, 16)))
-    >>> logits.shape
+    >>> tuple(logits.shape)
     (2, 8, 20)
     """
 

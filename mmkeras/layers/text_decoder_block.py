@@ -39,7 +39,7 @@ class TextDecoderBlock(keras.layers.Layer):
 
     Example:
     >>> block = TextDecoderBlock(num_heads=2, intermediate_dim=32)
-    >>> block(keras.random.normal((2, 5, 16)), keras.random.normal((2, 9, 16))).shape
+    >>> tuple(block(keras.random.normal((2, 5, 16)), keras.random.normal((2, 9, 16))).shape)
     (2, 5, 16)
     """
 

@@ -92,7 +92,7 @@ class DualEncoder(ImageTextModel):
     >>> out = model({"images": keras.random.uniform((2, 32, 32, 3), maxval=255),
     ...              "token_ids": keras.ops.ones((2, 6), "int32"),
     ...              "padding_mask": keras.ops.ones((2, 6), "bool")})
-    >>> out["image_embeddings"].shape, out["text_embeddings"].shape
+    >>> tuple(out["image_embeddings"].shape), tuple(out["text_embeddings"].shape)
     ((2, 8), (2, 8))
     """
 

@@ -75,7 +75,7 @@ class FusionClassifier(ImageTextModel):
     >>> outputs = model({"images": keras.random.uniform((2, 32, 32, 3), maxval=255),
     ...                  "token_ids": keras.ops.ones((2, 6), "int32"),
     ...                  "padding_mask": keras.ops.ones((2, 6), "bool")})
-    >>> outputs["logits"].shape
+    >>> tuple(outputs["logits"].shape)
     (2, 3)
     """
 

@@ -79,8 +79,8 @@ class ImageCaptioner(keras.Model):
     ...                 num_layers=1, num_heads=2, intermediate_dim=32),
     ...     image_size=32)
     >>> images = keras.random.uniform((2, 32, 32, 3), maxval=255)
-    >>> captioner.generate(images)["token_ids"].shape
-    TensorShape([2, 6])
+    >>> tuple(captioner.generate(images)["token_ids"].shape)
+    (2, 6)
     """
 
     def __init__(
@@ -388,6 +388,10 @@ class ImageCaptioner(keras.Model):
                 generate_fn, reduce_retracing=True, jit_compile=bool(jit_compile)
             )
         images = ops.convert_to_tensor(images, dtype=self.compute_dtype)
+        if not self.built:
+            # A fresh captioner builds on its first call; generating first
+            # must build it too, outside the traced function.
+            self.build({"images": tuple(images.shape), "token_ids": (None, self.text_decoder.sequence_length)})
         return self._generate_functions.functions[key](images)
 
     def detokenize(self, token_ids):
