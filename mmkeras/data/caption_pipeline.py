@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from mmkeras.data.caption_choice import choose_caption
+from mmkeras.data.image_table import cached_feature_views
 from mmkeras.data.image_table import checked_image_table
 from mmkeras.data.image_table import pick_view
 from mmkeras.data.image_table import table_gather
@@ -253,14 +254,9 @@ def caption_dataset(
     load = image_loader(records, image_size, synthetic)
     gather_features = None
     positions = np.arange(len(records))
-    views = feature_views if (training and augment) else 1
+    views = 1
     if feature_extractor is not None:
-        if not cache or (augment and training and feature_views < 2):
-            raise ValueError(
-                "Cached image features need `cache=True`, and augmentation needs `feature_views` >= 2 "
-                "(an augmented image has no fixed features; views cache several). "
-                f"Received: cache={cache}, augment={augment}, feature_views={feature_views}"
-            )
+        views = cached_feature_views(cache, augment, training, feature_views)
         table, decoded = checked_image_table(records, load, image_size, skip_bad_examples)
         positions = np.flatnonzero(decoded)
         features = view_feature_table(

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from mmkeras.data.caption_pipeline import build_augmenter
 from mmkeras.data.caption_pipeline import image_loader
+from mmkeras.data.image_table import cached_feature_views
 from mmkeras.data.image_table import checked_image_table
 from mmkeras.data.image_table import pick_view
 from mmkeras.data.image_table import table_gather
@@ -123,13 +124,9 @@ def classification_dataset(
     targets = label_ids(records, label_names, multi_label)
     texts = np.array(classification_texts(records), dtype=object)
     augmenter = build_augmenter(seed) if (training and augment) else None
-    views = feature_views if augmenter is not None else 1
-    if feature_extractor is not None and (not cache or (augmenter is not None and feature_views < 2)):
-        raise ValueError(
-            "Cached image features need `cache=True`, and augmentation needs `feature_views` >= 2 "
-            "(an augmented image has no fixed features; views cache several). "
-            f"Received: cache={cache}, augment={augment}, feature_views={feature_views}"
-        )
+    views = 1
+    if feature_extractor is not None:
+        views = cached_feature_views(cache, augment, training, feature_views)
     image_key = "images" if feature_extractor is None else "image_features"
 
     if cache:
@@ -158,7 +155,7 @@ def classification_dataset(
     if training:
         # The elements are indices or ids, text and label: a full shuffle is cheap.
         ds = ds.shuffle(len(targets), seed=seed, reshuffle_each_iteration=True).repeat()
-        if cache and feature_extractor is not None and views > 1:
+        if views > 1:  # only ever with cached features
             ds = ds.enumerate().map(
                 lambda position, element: (pick_view(element[0], views, seed, position), *element[1:]),
                 num_parallel_calls=tf.data.AUTOTUNE,

@@ -134,6 +134,24 @@ def view_feature_table(table, feature_extractor, augmenter=None, views=1):
     return stacked.reshape((-1,) + stacked.shape[2:])
 
 
+def cached_feature_views(cache, augment, training, feature_views):
+    """How many views per image a pipeline's frozen-feature cache holds.
+
+    1 without training-time augmentation, else `feature_views`. Raises
+    `ValueError` when the features cannot be cached: without `cache`, or
+    when training augments with fewer than 2 views (an augmented image has
+    no fixed features).
+    """
+    augmented = augment and training
+    if not cache or (augmented and feature_views < 2):
+        raise ValueError(
+            "Cached image features need `cache=True`, and augmentation needs `feature_views` >= 2 "
+            "(an augmented image has no fixed features; views cache several). "
+            f"Received: cache={cache}, augment={augment}, feature_views={feature_views}"
+        )
+    return feature_views if augmented else 1
+
+
 def pick_view(rows, views, seed, position):
     """The `view_feature_table` row of one visit: a view of image `rows` chosen statelessly from `(seed, position)`."""
     if views == 1:
