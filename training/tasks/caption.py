@@ -228,9 +228,14 @@ class CaptionTask(Task):
                 [list(r.captions) for r in self.splits["train"]], self.tokenizer.get_vocabulary(),
                 end_token_id=ids["end"], pad_token_id=ids["pad"], start_token_id=ids["start"],
             )
-            model.enable_self_critical(
-                reward, from_step=caption_cfg.self_critical_from_step, num_samples=caption_cfg.self_critical_samples
-            )
+            try:
+                model.enable_self_critical(
+                    reward, from_step=caption_cfg.self_critical_from_step,
+                    num_samples=caption_cfg.self_critical_samples,
+                )
+            except ValueError as e:
+                # from_step > 0 and the reward is callable here: the samples are what it refused.
+                raise ConfigError(f"caption.self_critical_samples: {e}") from e
         return model
 
     def _check_self_critical(self):
@@ -252,11 +257,6 @@ class CaptionTask(Task):
                 f"{setting} with train.early_stopping_patience: early stopping watches teacher-forced "
                 "validation metrics, which self-critical training does not optimise (it would restore "
                 "the weights from before it). Set train.early_stopping_patience=0."
-            )
-        if cfg.caption.self_critical_samples < 2:
-            raise ConfigError(
-                "caption.self_critical_samples must be >= 2 (each sample's baseline is the mean reward "
-                f"of the others). Received: {cfg.caption.self_critical_samples}"
             )
 
     def encoders(self, model):
