@@ -17,6 +17,7 @@ import re
 import unicodedata
 
 import keras_hub
+import numpy as np
 import tensorflow as tf
 
 PAD_TOKEN = "[PAD]"
@@ -131,6 +132,33 @@ def special_token_ids(tokenizer):
         "start": tokenizer.token_to_id(START_TOKEN),
         "end": tokenizer.token_to_id(END_TOKEN),
     }
+
+
+def ids_before_end(token_ids, end_token_id, skip_ids=()):
+    """Each row's ids before its first end token, without `skip_ids` (numpy).
+
+    The cut `detokenize_generated` makes in graph, for code that turns
+    generated ids into tokens in Python (the self-critical reward, the
+    attention read-out). A row without an end token keeps all its ids.
+
+    Args:
+        token_ids: int array-like `(batch, length)`.
+        end_token_id: int.
+        skip_ids: ids dropped wherever they occur (e.g. padding, start).
+
+    Returns:
+        A list (one per row) of lists of int.
+
+    Example:
+    >>> ids_before_end([[2, 5, 6, 3, 7], [5, 0, 6, 0, 0]], end_token_id=3, skip_ids={0, 2})
+    [[5, 6], [5, 6]]
+    """
+    skip = {int(i) for i in skip_ids}
+    rows = []
+    for row in np.asarray(token_ids).tolist():
+        ended = row.index(end_token_id) if end_token_id in row else len(row)
+        rows.append([i for i in row[:ended] if i not in skip])
+    return rows
 
 
 def detokenize_generated(tokenizer, token_ids, end_token_id, start_token_id):

@@ -7,6 +7,8 @@ them `training.explain` and the report's attention grids) read it here.
 import numpy as np
 from keras import ops
 
+from mmkeras.data.tokenizer import ids_before_end
+
 
 def token_attention(captioner, images, token_ids):
     """The cross-attention paid to the image for each token of given captions.
@@ -43,12 +45,8 @@ def token_attention(captioner, images, token_ids):
     attention = ops.mean(ops.stack(scores, axis=1), axis=2)  # (batch, layers, steps, image)
     attention = ops.transpose(ops.cast(attention, "float32"), (0, 2, 1, 3))
     following = np.asarray(ops.convert_to_numpy(token_ids))[:, 1:]
-    tokens = []
-    for row in following:
-        ended = np.flatnonzero(row == captioner.end_token_id)
-        length = int(ended[0]) if ended.size else len(row)
-        tokens.append([captioner.tokenizer.id_to_token(int(i)) for i in row[:length]
-                       if int(i) != captioner.pad_token_id])
+    tokens = [[captioner.tokenizer.id_to_token(i) for i in row]
+              for row in ids_before_end(following, captioner.end_token_id, {captioner.pad_token_id})]
     return {
         "captions": [c.decode("utf-8") for c in ops.convert_to_numpy(captions).tolist()],
         "tokens": tokens,

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from mmkeras.data.tokenizer import ids_before_end
 from mmkeras.metrics.caption_metrics import normalize_caption
 from mmkeras.metrics.cider import CIDErScorer
 from mmkeras.models.caption_search import search
@@ -76,16 +77,8 @@ class CIDErReward:
 
     def captions(self, token_ids):
         """The normalised caption of each row of `token_ids`."""
-        captions = []
-        for row in np.asarray(token_ids):
-            words = []
-            for token in row.tolist():
-                if token == self.end_token_id:
-                    break
-                if token not in self.skip:
-                    words.append(self.vocabulary[token])
-            captions.append(normalize_caption(" ".join(words).replace(" ##", "")))
-        return captions
+        rows = ids_before_end(token_ids, self.end_token_id, self.skip)
+        return [normalize_caption(" ".join(self.vocabulary[row]).replace(" ##", "")) for row in rows]
 
     def __call__(self, image_index, token_ids):
         return self.scorer.score(self.captions(token_ids), np.asarray(image_index)).astype(np.float32)
