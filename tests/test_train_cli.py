@@ -91,6 +91,8 @@ def test_tiny_run_skips_bad_examples_trains_evaluates_and_exports(tmp_path):
     metrics = json.loads((model_dir / "eval_metrics.json").read_text())
     assert metrics["train_steps"] == 4 and metrics["num_test_images"] == 2
     assert {"bleu_4", "cider", "beam_bleu_4", "beam_cider"} <= set(metrics)  # greedy and beam side by side
+    for prefix in ("", "beam_"):  # CIDEr-D's 95% interval over the test images holds the score
+        assert metrics[prefix + "cider_ci_low"] <= metrics[prefix + "cider"] <= metrics[prefix + "cider_ci_high"]
     # The final metrics are one JSON line on stdout (after the trainable parameter count).
     assert "Trainable parameters:" in proc.stdout
     metrics_lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]

@@ -2,6 +2,7 @@
 classification, and image-text retrieval (recall@K, ranks, zero-shot)."""
 
 from mmkeras.metrics.bleu import bleu
+from mmkeras.metrics.bootstrap import bootstrap_interval
 from mmkeras.metrics.caption_metrics import caption_metrics
 from mmkeras.metrics.caption_metrics import normalize_caption
 from mmkeras.metrics.cider import CIDErScorer
@@ -24,6 +25,7 @@ __all__ = [
     "CIDErScorer",
     "best_thresholds",
     "bleu",
+    "bootstrap_interval",
     "caption_metrics",
     "caption_relevance",
     "cider",

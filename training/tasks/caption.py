@@ -271,6 +271,8 @@ class CaptionTask(Task):
         Both decode with `caption.no_repeat_ngram_size`, as the export does.
         `novel_word_rate`: the fraction of generated words that occur in no
         training caption (0 with `caption.vocabulary=word`).
+        `cider_ci_low` / `cider_ci_high`: the 95% bootstrap interval of CIDEr-D
+        over the test images (`mmkeras.metrics.bootstrap_interval`).
         """
         cfg = self.cfg
         test_records = self.splits["test"]
@@ -289,7 +291,7 @@ class CaptionTask(Task):
             no_repeat_ngram_size=caption_cfg.no_repeat_ngram_size,
         )
         references = [list(r.captions) for r in test_records]
-        results = caption_metrics(predictions, references)
+        results = caption_metrics(predictions, references, confidence=0.95)
         # As the tokenizer splits them: generated captions are its tokens joined by spaces.
         train_words = caption_words((c for r in self.splits["train"] for c in r.captions), split_words)
         results["novel_word_rate"] = novel_word_rate(predictions, train_words)
@@ -301,7 +303,7 @@ class CaptionTask(Task):
                 no_repeat_ngram_size=caption_cfg.no_repeat_ngram_size,
                 length_penalty=caption_cfg.length_penalty,
             )
-            beam_metrics = caption_metrics(beam_predictions, references)
+            beam_metrics = caption_metrics(beam_predictions, references, confidence=0.95)
             beam_metrics["novel_word_rate"] = novel_word_rate(beam_predictions, train_words)
             results.update({f"beam_{k}": v for k, v in beam_metrics.items()})
         results["token_accuracy"] = float(token_metrics["token_accuracy"])
