@@ -41,7 +41,8 @@ def test_run_reports_retrieval_and_zero_shot_metrics(contrastive_run):
     metrics = json.loads((model_dir / "eval_metrics.json").read_text())
     for direction in ("image_to_text", "text_to_image"):
         for k in (1, 5, 10):
-            assert 0.0 <= metrics[f"{direction}_recall@{k}"] <= 1.0
+            name = f"{direction}_recall@{k}"
+            assert 0.0 <= metrics[name + "_ci_low"] <= metrics[name] <= metrics[name + "_ci_high"] <= 1.0
         assert metrics[f"{direction}_recall@1"] <= metrics[f"{direction}_recall@5"] <= metrics[
             f"{direction}_recall@10"]
         assert 1.0 <= metrics[f"{direction}_median_rank"] <= 36

@@ -56,3 +56,21 @@ def test_zero_shot_averages_templates_and_picks_the_closest_label():
                                                          classifier, [0, 1, 1])
     assert accuracy == pytest.approx(2 / 3)
     np.testing.assert_array_equal(predictions, [0, 1, 0])
+
+
+def test_recall_intervals_come_only_when_asked_and_hold_the_recall():
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(30, 8))
+    texts = np.repeat(images, 2, axis=0) + rng.normal(scale=1.0, size=(60, 8))
+    relevance = np.repeat(np.eye(30, dtype=bool), 2, axis=0)
+    plain = retrieval.retrieval_metrics(images, texts, relevance)
+    assert not any("_ci_" in key for key in plain)
+    with_ci = retrieval.retrieval_metrics(images, texts, relevance, confidence=0.95)
+    for direction in ("image_to_text", "text_to_image"):
+        for k in (1, 5, 10):
+            name = f"{direction}_recall@{k}"
+            assert with_ci[name] == plain[name]
+            assert with_ci[name + "_ci_low"] <= with_ci[name] <= with_ci[name + "_ci_high"]
+    # A recall strictly between 0 and 1 on 60 queries is uncertain by more than a few points.
+    assert 0 < with_ci["text_to_image_recall@1"] < 1
+    assert with_ci["text_to_image_recall@1_ci_high"] - with_ci["text_to_image_recall@1_ci_low"] > 0.05

@@ -10,6 +10,8 @@ model that scores everything equally does not look good.
 
 import numpy as np
 
+from mmkeras.metrics.bootstrap import bootstrap_interval
+
 RECALL_KS = (1, 5, 10)
 
 
@@ -58,22 +60,34 @@ def best_positive_ranks(scores, relevance):
     return above + 1
 
 
-def rank_metrics(ranks, prefix, ks=RECALL_KS):
-    """`{prefix_recall@K, prefix_mean_rank, prefix_median_rank}` of 1-based `ranks`."""
+def rank_metrics(ranks, prefix, ks=RECALL_KS, confidence=None):
+    """`{prefix_recall@K, prefix_mean_rank, prefix_median_rank}` of 1-based `ranks`.
+
+    With `confidence`, also each recall's bootstrap interval over the queries
+    (`prefix_recall@K_ci_low`, `prefix_recall@K_ci_high`; `bootstrap_interval`).
+    """
     ranks = np.asarray(ranks)
-    out = {f"{prefix}_recall@{k}": float(np.mean(ranks <= k)) for k in ks}
+    out = {}
+    for k in ks:
+        hits = ranks <= k
+        out[f"{prefix}_recall@{k}"] = float(np.mean(hits))
+        if confidence is not None:
+            out[f"{prefix}_recall@{k}_ci_low"], out[f"{prefix}_recall@{k}_ci_high"] = bootstrap_interval(
+                hits, confidence)
     out[f"{prefix}_mean_rank"] = float(np.mean(ranks))
     out[f"{prefix}_median_rank"] = float(np.median(ranks))
     return out
 
 
-def retrieval_metrics(image_embeddings, text_embeddings, relevance, ks=RECALL_KS):
+def retrieval_metrics(image_embeddings, text_embeddings, relevance, ks=RECALL_KS, confidence=None):
     """Both directions' recall@K and ranks from unit-norm embeddings.
 
     Args:
         image_embeddings: `(num_images, dim)`.
         text_embeddings: `(num_texts, dim)`.
         relevance: `(num_texts, num_images)` bool (see `caption_relevance`).
+        confidence: optional float in (0, 1): also every recall's bootstrap
+            interval over its queries (`..._recall@K_ci_low` / `_ci_high`).
 
     Returns:
         A flat dict: `image_to_text_recall@1/5/10`, `text_to_image_recall@1/5/10`,
@@ -82,8 +96,8 @@ def retrieval_metrics(image_embeddings, text_embeddings, relevance, ks=RECALL_KS
     """
     relevance = np.asarray(relevance, bool)
     scores = np.asarray(text_embeddings, np.float64) @ np.asarray(image_embeddings, np.float64).T
-    results = rank_metrics(best_positive_ranks(scores.T, relevance.T), "image_to_text", ks)
-    results.update(rank_metrics(best_positive_ranks(scores, relevance), "text_to_image", ks))
+    results = rank_metrics(best_positive_ranks(scores.T, relevance.T), "image_to_text", ks, confidence)
+    results.update(rank_metrics(best_positive_ranks(scores, relevance), "text_to_image", ks, confidence))
     return results
 
 

@@ -186,7 +186,7 @@ class ContrastiveTask(Task):
                                         self.synthetic)
         text_embeddings = embed_texts(model, texts, self.text_preprocessor, cfg.eval.batch_size)
         relevance = retrieval.caption_relevance([r.captions for r in test_records], texts)
-        results = retrieval.retrieval_metrics(image_embeddings, text_embeddings, relevance)
+        results = retrieval.retrieval_metrics(image_embeddings, text_embeddings, relevance, confidence=0.95)
         results.update(
             loss=test_loss["loss"], in_batch_accuracy=test_loss["accuracy"],
             num_test_images=len(test_records), num_test_texts=len(texts),
