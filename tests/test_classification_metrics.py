@@ -369,3 +369,17 @@ def test_plot_normalize_colours_rows_by_rate(tmp_path):
     counts = _plot_and_read(tmp_path / "counts", matrix, ["a", "b"], normalize=False)
     assert rates.shape == counts.shape
     assert _dark_blue_pixels(rates) > 1.5 * _dark_blue_pixels(counts) > 0
+
+
+def test_correct_examples_is_the_rule_accuracy_averages():
+    from mmkeras.metrics import correct_examples
+
+    rng = np.random.default_rng(0)
+    ids_true, ids_pred = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
+    assert correct_examples(ids_true, ids_pred).mean() == pytest.approx(
+        classification_report(ids_true, ids_pred, ["a", "b", "c", "d"])["accuracy"])
+    hot_true, hot_pred = rng.integers(0, 2, (200, 3)), rng.integers(0, 2, (200, 3))
+    assert correct_examples(hot_true, hot_pred).mean() == pytest.approx(
+        multilabel_report(hot_true, hot_pred, ["a", "b", "c"])["accuracy"])
+    with pytest.raises(ValueError, match=r"Received shapes \(3,\) and \(3, 1\)"):
+        correct_examples([0, 1, 2], [[0], [1], [2]])

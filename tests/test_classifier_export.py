@@ -126,6 +126,16 @@ def test_run_writes_model_dir(trained):
     assert trained["results"]["export_path"].endswith(os.path.join("classifier", "1"))
 
 
+@pytest.mark.parametrize("run", ["trained", "multi_label"])
+def test_test_accuracy_comes_with_its_bootstrap_interval(run, request):
+    # Single-label: right class; multi-label: the whole label set right (the subset accuracy).
+    metrics = json.load(open(os.path.join(request.getfixturevalue(run)["model_dir"], "eval_metrics.json")))
+    assert 0.0 <= metrics["accuracy_ci_low"] <= metrics["accuracy"] <= metrics["accuracy_ci_high"] <= 1.0
+    assert metrics["accuracy_ci_high"] - metrics["accuracy_ci_low"] < 0.5
+    # Resampled means centre on the reported accuracy: the interval is of the same per-example rule.
+    assert (metrics["accuracy_ci_low"] + metrics["accuracy_ci_high"]) / 2 == pytest.approx(metrics["accuracy"], abs=0.03)
+
+
 def test_saved_model_cli_lists_signatures(trained):
     out = subprocess.run(
         [os.path.join(os.path.dirname(sys.executable), "saved_model_cli"), "show", "--all",

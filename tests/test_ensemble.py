@@ -294,6 +294,7 @@ def test_ensemble_cli_stacks_trained_runs_and_exports(tmp_path):
     for key in ("accuracy", "macro_f1", "weighted_f1", "accuracy_image_only", "accuracy_text_only"):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["method"] == "stacking" and len(metrics["members"]) == 2
+    assert metrics["accuracy_ci_low"] <= metrics["accuracy"] <= metrics["accuracy_ci_high"]
     assert len(metrics["member_accuracies"]) == 2 and metrics["num_validation_examples"] > 0
     assert (model_dir / "classification_report.txt").read_text().strip()
     assert (model_dir / "model.keras").exists()

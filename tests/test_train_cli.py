@@ -112,6 +112,7 @@ def test_vqa_run_with_a_fusion_flag_trains_evaluates_and_exports(tmp_path):
                 "num_test_examples", "train_steps"):
         assert key in metrics, key
     assert metrics["train_steps"] == 3
+    assert metrics["accuracy_ci_low"] <= metrics["accuracy"] <= metrics["accuracy_ci_high"]
     assert "macro avg" in proc.stdout  # the classification report is printed
 
 

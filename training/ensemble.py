@@ -194,12 +194,15 @@ def combine(ensemble, member_probs):
     return keras.ops.convert_to_numpy(ensemble.combine([np.asarray(p, "float32") for p in member_probs]))
 
 
-def _report(ensemble, targets, probabilities, label_names):
+def _decisions(ensemble, probabilities):
     import keras
 
+    return keras.ops.convert_to_numpy(ensemble.decisions(probabilities))
+
+
+def _report(ensemble, targets, decisions, label_names):
     from mmkeras.metrics import classification as classification_metrics
 
-    decisions = keras.ops.convert_to_numpy(ensemble.decisions(probabilities))
     if ensemble.multi_label:
         return classification_metrics.multilabel_report(targets, decisions, label_names)
     return classification_metrics.classification_report(targets, decisions, label_names)
@@ -218,29 +221,35 @@ def evaluate_ensemble(ensemble, predictions, targets):
         `weighted_f1` (multi-label: also `micro_f1`, `hamming_accuracy`),
         `precision|recall|f1|support/<label>`, `accuracy_image_only`,
         `accuracy_text_only` (when predicted), `member_accuracies`,
-        `num_test_examples`.
+        `num_test_examples`, and `accuracy_ci_low` / `accuracy_ci_high` (the
+        accuracy's 95% bootstrap interval over the test examples).
     """
     import keras
 
     from mmkeras.metrics import classification as classification_metrics
+    from mmkeras.metrics.bootstrap import bootstrap_interval
 
     label_names = list(ensemble.label_names or [str(i) for i in range(ensemble.num_classes)])
-    report = _report(ensemble, targets, combine(ensemble, predictions["full"]), label_names)
+    decisions = _decisions(ensemble, combine(ensemble, predictions["full"]))
+    report = _report(ensemble, targets, decisions, label_names)
+    low, high = bootstrap_interval(classification_metrics.correct_examples(targets, decisions))
     results = {
         "accuracy": report["accuracy"],
+        "accuracy_ci_low": low,
+        "accuracy_ci_high": high,
         "macro_f1": report["macro_f1"],
         "weighted_f1": report["weighted_f1"],
         "num_test_examples": int(len(targets)),
     }
     results.update(classification_metrics.flat_report_metrics(report))
     for name in sorted(k for k in predictions if k != "full"):
-        ablated = combine(ensemble, predictions[name])
+        ablated = _decisions(ensemble, combine(ensemble, predictions[name]))
         results[f"accuracy_{name}"] = _report(ensemble, targets, ablated, label_names)["accuracy"]
     # Each member alone, with its own decision rule (e.g. tuned thresholds).
     results["member_accuracies"] = []
     for member, probs in zip(ensemble.members, predictions["full"]):
-        decisions = keras.ops.convert_to_numpy(member.decisions(np.asarray(probs, "float32")))
-        correct = np.all(decisions == targets, axis=-1) if ensemble.multi_label else decisions == targets
+        member_decisions = keras.ops.convert_to_numpy(member.decisions(np.asarray(probs, "float32")))
+        correct = classification_metrics.correct_examples(targets, member_decisions)
         results["member_accuracies"].append(round(float(np.mean(correct)), 6))
     return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in results.items()}, report
 

@@ -10,6 +10,7 @@ from mmkeras.metrics.cider import cider
 from mmkeras.metrics.classification import best_thresholds
 from mmkeras.metrics.classification import classification_report
 from mmkeras.metrics.classification import confusion_matrix
+from mmkeras.metrics.classification import correct_examples
 from mmkeras.metrics.classification import format_report
 from mmkeras.metrics.classification import multilabel_report
 from mmkeras.metrics.classification import top_confusions
@@ -31,6 +32,7 @@ __all__ = [
     "cider",
     "classification_report",
     "confusion_matrix",
+    "correct_examples",
     "format_report",
     "meteor",
     "meteor_score",

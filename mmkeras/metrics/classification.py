@@ -314,6 +314,34 @@ def multilabel_report(y_true, y_pred, label_names):
     }
 
 
+def correct_examples(y_true, y_pred):
+    """Whether each example is right: the per-example rule `accuracy` averages.
+
+    1-D class ids: the predicted class is the true one. 2-D multi-hot rows:
+    the whole predicted label set is the true one (subset accuracy, as
+    `multilabel_report`'s `"accuracy"`). Its mean is the reported accuracy;
+    `bootstrap_interval` of it, the accuracy's confidence interval.
+
+    Args:
+        y_true: class ids `(n,)` or multi-hot `(n, num_labels)`.
+        y_pred: the same shape.
+
+    Returns:
+        A bool array `(n,)`.
+
+    Example:
+    >>> correct_examples([0, 2, 1], [0, 1, 1]).tolist()
+    [True, False, True]
+    >>> correct_examples([[1, 0], [1, 1]], [[1, 0], [0, 1]]).tolist()
+    [True, False]
+    """
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape or y_true.ndim not in (1, 2):
+        raise ValueError("`y_true` and `y_pred` must both be class ids (n,) or multi-hot rows (n, labels). "
+                         f"Received shapes {y_true.shape} and {y_pred.shape}")
+    return np.all(y_true == y_pred, axis=1) if y_true.ndim == 2 else y_true == y_pred
+
+
 def best_thresholds(y_true, probabilities, grid=None):
     """The per-label threshold that maximises each label's F1 on the given data.
 

@@ -28,6 +28,7 @@ from mmkeras.data.text_preprocessor import text_preprocessor_from_preset
 from mmkeras.data.text_preprocessor import text_preprocessor_from_vocabulary
 from mmkeras.data.tokenizer import learn_vocabulary
 from mmkeras.metrics import classification as classification_metrics
+from mmkeras.metrics.bootstrap import bootstrap_interval
 from mmkeras.metrics.plots import plot_confusion_matrix
 from mmkeras.models.fusion_classifier import build_fusion_classifier
 from training import distribute
@@ -337,8 +338,11 @@ class ClassifyTask(Task):
         probabilities = self.predict(model, test_records)
         report, decisions = self._report(targets, probabilities, model)
 
+        low, high = bootstrap_interval(classification_metrics.correct_examples(targets, decisions))
         results = {
             "accuracy": report["accuracy"],
+            "accuracy_ci_low": low,
+            "accuracy_ci_high": high,
             "macro_f1": report["macro_f1"],
             "weighted_f1": report["weighted_f1"],
             "loss": test_loss["loss"],
