@@ -1,5 +1,6 @@
 """Metrics in pure Python / numpy: caption quality (BLEU, ROUGE-L, CIDEr-D, METEOR),
-classification, and image-text retrieval (recall@K, ranks, zero-shot)."""
+classification, and image-text retrieval (recall@K, ranks, zero-shot), and bootstrap
+confidence intervals of any of them that is a mean over test items."""
 
 from mmkeras.metrics.bleu import bleu
 from mmkeras.metrics.bootstrap import bootstrap_interval

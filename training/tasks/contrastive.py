@@ -172,6 +172,7 @@ class ContrastiveTask(Task):
 
         Every test image against every test caption; a caption's positives
         are the images it describes (see `retrieval.caption_relevance`).
+        Each recall@K comes with its 95% bootstrap interval over the queries.
         """
         cfg = self.cfg
         test_records = self.splits["test"]
