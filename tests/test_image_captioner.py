@@ -129,6 +129,9 @@ def test_config_round_trip_and_save_load(tokenizer, tmp_path):
     restored = run_save_load(model, x, tmp_path, call=lambda m, inputs: m(inputs)["logits"])
     # The tokenizer and its vocabulary travel inside the .keras file.
     assert restored.tokenizer.get_vocabulary() == tokenizer.get_vocabulary()
+    # Generation blocks [UNK] in a loaded captioner too, whose vocabulary
+    # arrives after construction.
+    assert restored.unk_token_id == model.unk_token_id == tokenizer.token_to_id("[UNK]")
     np.testing.assert_array_equal(
         ops.convert_to_numpy(model.generate(x["images"])["token_ids"]),
         ops.convert_to_numpy(restored.generate(x["images"])["token_ids"]),

@@ -109,7 +109,6 @@ class ImageCaptioner(keras.Model):
         self.start_token_id = start_token_id
         self.end_token_id = end_token_id
         self.pad_token_id = pad_token_id
-        self.unk_token_id = _unknown_token_id(tokenizer)
         self.token_accuracy = keras.metrics.SparseCategoricalAccuracy(
             name="token_accuracy"
         )
@@ -257,6 +256,15 @@ class ImageCaptioner(keras.Model):
         if method in ("greedy", "beam"):
             return None  # see caption_search.greedy_search and beam_search
         return keras_hub.samplers.TopKSampler(k=k, seed=seed, temperature=temperature)
+
+    @property
+    def unk_token_id(self):
+        """The tokenizer's out-of-vocabulary id, or None.
+
+        Looked up when asked: a captioner loaded from a `.keras` file gets
+        its tokenizer's vocabulary only after construction.
+        """
+        return _unknown_token_id(self.tokenizer)
 
     @property
     def special_token_ids(self):
