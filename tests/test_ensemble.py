@@ -267,28 +267,34 @@ def cli_env():
     return env
 
 
-@pytest.mark.slow
-def test_ensemble_cli_stacks_trained_runs_and_exports(tmp_path):
-    runs = {f: tmp_path / f for f in ("concat", "late")}
-    # Both runs at once: each process spends most of its time starting up.
+def train_members(experiment, flags_by_dir):
+    """Trains one tiny run per `{run_dir: [flags]}`, all at once (each process mostly starts up)."""
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "training.train", "--experiment=classify_tiny", "--max_steps=3", "--verbose=0",
-             "--export_dir=", f"--fusion={fusion}", f"--model_dir={run_dir}"],
+            [sys.executable, "-m", "training.train", f"--experiment={experiment}", "--max_steps=3", "--verbose=0",
+             "--export_dir=", "--report=false", f"--model_dir={run_dir}", *flags],
             cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
-        for fusion, run_dir in runs.items()
+        for run_dir, flags in flags_by_dir.items()
     ]
     for proc in procs:
         out, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, out[-3000:]
+
+
+def run_ensemble(*flags, timeout=600):
+    return subprocess.run([sys.executable, "-m", "training.ensemble", *flags], cwd=REPO, env=cli_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_ensemble_cli_stacks_trained_runs_and_exports(tmp_path):
+    runs = {f: tmp_path / f for f in ("concat", "late")}
+    train_members("classify_tiny", {run_dir: [f"--fusion={fusion}"] for fusion, run_dir in runs.items()})
     members = ",".join(str(d) for d in runs.values())
     model_dir, export_dir = tmp_path / "ensemble", tmp_path / "saved_models"
-    proc = subprocess.run(
-        [sys.executable, "-m", "training.ensemble", f"--members={members}", "--method=stacking",
-         f"--model_dir={model_dir}", f"--export_dir={export_dir}"],
-        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600,
-    )
+    proc = run_ensemble(f"--members={members}", "--method=stacking", f"--model_dir={model_dir}",
+                        f"--export_dir={export_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((model_dir / "eval_metrics.json").read_text())
     for key in ("accuracy", "macro_f1", "weighted_f1", "accuracy_image_only", "accuracy_text_only"):
@@ -302,12 +308,58 @@ def test_ensemble_cli_stacks_trained_runs_and_exports(tmp_path):
 
     # A missing member: one `error:` line naming it, no traceback, exit 1.
     shutil.rmtree(runs["late"])
-    proc = subprocess.run(
-        [sys.executable, "-m", "training.ensemble", f"--members={members}", f"--model_dir={model_dir}",
-         "--export_dir="],
-        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300,
-    )
+    proc = run_ensemble(f"--members={members}", f"--model_dir={model_dir}", "--export_dir=", timeout=300)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and os.path.join(str(runs["late"]), "config.json") in errors[0], proc.stderr
+
+
+@pytest.mark.slow
+def test_ensemble_cli_combines_trained_captioners_and_exports(tmp_path):
+    # Members may differ in architecture; the synthetic data (and so the
+    # vocabulary) depends on train.seed, so both keep seed 0.
+    runs = [tmp_path / f"layers{n}" for n in (1, 2)]
+    train_members("caption_tiny", {run_dir: [f"--set=model.num_layers={n}"] for n, run_dir in zip((1, 2), runs)})
+    members = ",".join(str(d) for d in runs)
+    model_dir, export_dir = tmp_path / "ensemble", tmp_path / "saved_models"
+    proc = run_ensemble(f"--members={members}", "--weights=2,1", f"--model_dir={model_dir}",
+                        f"--export_dir={export_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((model_dir / "eval_metrics.json").read_text())
+    # Every key of a captioning run's evaluation, greedy and beam, plus each member alone.
+    member_metrics = json.loads((runs[0] / "eval_metrics.json").read_text())
+    assert set(member_metrics) - {"train_seconds", "train_steps"} <= set(metrics)
+    assert metrics["cider_ci_low"] <= metrics["cider"] <= metrics["cider_ci_high"]
+    assert len(metrics["member_cider"]) == len(metrics["member_beam_cider"]) == 2
+    assert metrics["members"] == [str(d) for d in runs] and metrics["method"] == "average"
+    assert metrics["weights"] == [2.0, 1.0]
+    rows = [json.loads(line) for line in (model_dir / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == metrics["num_test_images"] and {"generated", "beam", "references"} <= set(rows[0])
+    assert (model_dir / "model.keras").exists()
+    assert (export_dir / "captioner_ensemble" / "1" / "saved_model.pb").exists()
+
+    # training.compare reads the ensemble's captions beside its members'.
+    proc = subprocess.run(
+        [sys.executable, "-m", "training.compare", f"--model_dirs={runs[0]},{model_dir}"],
+        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0 and "difference" in proc.stdout, proc.stderr[-3000:]
+
+    # Classifier-only methods are refused by name.
+    proc = run_ensemble(f"--members={members}", "--method=vote", f"--model_dir={model_dir}", "--export_dir=",
+                        timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "--method=vote" in proc.stderr and "next-word probabilities" in proc.stderr, proc.stderr
+
+
+def test_members_must_be_all_classifiers_or_all_captioners(tmp_path):
+    for name, task in (("caption", "caption"), ("vqa", "vqa"), ("dual", "contrastive")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"task": task}))
+    assert ensemble_cli.member_kind([str(tmp_path / "caption")] * 2) == "captioner"
+    assert ensemble_cli.member_kind([str(tmp_path / "vqa")] * 2) == "classifier"
+    with pytest.raises(ensemble_cli.EnsembleError, match="must all be classifiers or all captioners"):
+        ensemble_cli.member_kind([str(tmp_path / "caption"), str(tmp_path / "vqa")])
+    with pytest.raises(ensemble_cli.EnsembleError, match="'contrastive' has no ensemble"):
+        ensemble_cli.member_kind([str(tmp_path / "caption"), str(tmp_path / "dual")])

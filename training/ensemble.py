@@ -1,23 +1,35 @@
-"""Combines trained classifiers into one `ClassifierEnsemble`: evaluates, saves, exports.
+"""Combines trained models into one ensemble: evaluates, saves, exports.
 
     python -m training.ensemble --members=runs/concat,runs/gated,runs/late \\
         --method=average --model_dir=runs/ensemble --export_dir=saved_models
     python -m training.ensemble --members=runs/a,runs/b --method=average --weights=0.7,0.3
     python -m training.ensemble --members=runs/a,runs/b --method=stacking --export_dir=
+    python -m training.ensemble --members=runs/seed0,runs/seed1,runs/seed2 --model_dir=runs/caption_ensemble
 
-Each member is a run directory of `python -m training.train --task=classify|vqa`
-(`config.json`, `model.keras`); all must predict the same labels. The data is
-rebuilt from the first member's `config.json`. `stacking` trains its
-meta-classifier on the members' predictions for the validation split (which
-the members did not train on); every method is evaluated on the test split
-with the metrics of the classify task, including the modality ablation (the
-members' image-only / text-only probabilities, combined).
+Each member is a run directory of `python -m training.train` (`config.json`,
+`model.keras`), all of one kind: classifiers (`--task=classify|vqa`) that
+predict the same labels, or captioners (`--task=caption`) that share a
+vocabulary. The data is rebuilt from the first member's `config.json`.
+
+Classifiers: `stacking` trains its meta-classifier on the members'
+predictions for the validation split (which the members did not train on);
+every method is evaluated on the test split with the metrics of the classify
+task, including the modality ablation (the members' image-only / text-only
+probabilities, combined). Writes `classification_report.txt`.
+
+Captioners: `average` only: at every decoding step the ensemble's next-word
+distribution is the (weighted) mean of the members' (`mmkeras.models.
+build_captioner_ensemble`); greedy and beam captions are scored with the
+caption task's metrics, beside each member's own. Writes `predictions.jsonl`
+and `samples.json` as a captioning run does (so `training.compare` takes the
+ensemble's directory beside its members'). The dual encoder has no ensemble
+here.
 
 Writes into --model_dir: `eval_metrics.json` (flat metrics plus `members`,
-`method`), `classification_report.txt`, `model.keras` (the ensemble), and what
-the task's data loading writes (`labels.txt`, `vocabulary.txt`,
-`data_report.json`); exports to `<export_dir>/<name>/<version>/` with the
-classifier `serving_default` signature.
+`method`), `model.keras` (the ensemble), and what the task's data loading
+writes (`labels.txt` or `vocabulary.txt`, `data_report.json`); exports to
+`<export_dir>/<name>/<version>/` with the task's signatures (classifier
+`serving_default`; captioner `serving_default` and `beam_search`).
 
 The functions (`load_members`, `load_member_task`, `member_predictions`,
 `build_ensemble`, `evaluate_ensemble`) are what `benchmarks/fusion_comparison.py`
@@ -38,21 +50,24 @@ FLAGS = flags.FLAGS
 def define_flags():
     # Defined only when run as a program, so that one process can import every CLI module.
     flags.DEFINE_list(
-        "members", [], "Comma-separated run directories of trained classifiers "
-        "(each with config.json and model.keras from python -m training.train); at least 2."
+        "members", [], "Comma-separated run directories of trained classifiers (--task=classify|vqa) or of "
+        "trained captioners (--task=caption), each with config.json and model.keras from python -m "
+        "training.train; at least 2."
     )
     flags.DEFINE_enum(
         "method", "average", ["vote", "average", "stacking"],
         "How member predictions are combined: `vote` (majority of the members' top classes, "
         "ties to the higher mean probability), `average` (weighted mean of probabilities) or "
-        "`stacking` (a dense meta-classifier fitted on the members' validation predictions).",
+        "`stacking` (a dense meta-classifier fitted on the members' validation predictions). "
+        "Captioners: `average` only (the members' next-word probabilities, at every decoding step).",
     )
     flags.DEFINE_list("weights", None, "Member weights for --method=average, e.g. 0.5,0.5 (default: equal).")
     flags.DEFINE_string("model_dir", "runs/ensemble", "Where the ensemble's metrics, report and model.keras go.")
     flags.DEFINE_string(
         "export_dir", "saved_models", "SavedModels go to <export_dir>/<name>/<version>/. Empty string: do not export."
     )
-    flags.DEFINE_string("name", "classifier_ensemble", "Model name of the export under --export_dir.")
+    flags.DEFINE_string("name", "", "Model name of the export under --export_dir (default: classifier_ensemble "
+                        "or captioner_ensemble).")
     flags.DEFINE_integer("version", 0, "Export version; 0: one more than the highest existing.")
 
 
@@ -69,8 +84,38 @@ def check_member_dirs(member_dirs):
             if not os.path.isfile(os.path.join(member_dir, name)):
                 raise EnsembleError(
                     f"{os.path.join(member_dir, name)} does not exist: each member must be a run directory "
-                    "of python -m training.train --task=classify|vqa."
+                    "of python -m training.train --task=classify|vqa|caption."
                 )
+
+
+CLASSIFIER_TASKS = ("classify", "vqa")
+
+
+def member_kind(member_dirs):
+    """`"classifier"` or `"captioner"`: what the runs' `config.json` files say they trained.
+
+    Reads only the JSON (no TensorFlow); `EnsembleError` if the runs mix
+    kinds or trained something that has no ensemble here (the dual encoder).
+    """
+    kinds = {}
+    for member_dir in member_dirs:
+        path = os.path.join(member_dir, "config.json")
+        try:
+            with open(path) as f:
+                task = json.load(f).get("task", "caption")
+        except (OSError, ValueError, AttributeError) as e:
+            raise EnsembleError(f"{path}: not a readable run configuration ({e}).") from e
+        if task == "caption":
+            kinds[member_dir] = "captioner"
+        elif task in CLASSIFIER_TASKS:
+            kinds[member_dir] = "classifier"
+        else:
+            raise EnsembleError(f"{member_dir}: task {task!r} has no ensemble; members must be classifiers "
+                                "(classify, vqa) or captioners (caption).")
+    if len(set(kinds.values())) > 1:
+        raise EnsembleError("Ensemble members must all be classifiers or all captioners. Received: "
+                            + ", ".join(f"{d}: {k}" for d, k in kinds.items()))
+    return next(iter(kinds.values()))
 
 
 def load_members(member_dirs):
@@ -97,15 +142,15 @@ def load_members(member_dirs):
     return models
 
 
-def load_member_task(member_dir, model_dir):
-    """The task of the run in `member_dir`, its data loaded; files go to `model_dir`."""
+def load_member_task(member_dir, model_dir, tasks=CLASSIFIER_TASKS):
+    """The task of the run in `member_dir` (one of `tasks`), its data loaded; files go to `model_dir`."""
     from training import config as config_lib
     from training.tasks import get_task
 
     with open(os.path.join(member_dir, "config.json")) as f:
         cfg = config_lib.from_dict(config_lib.ExperimentConfig, json.load(f))
-    if cfg.task not in ("classify", "vqa"):
-        raise EnsembleError(f"{member_dir}: task {cfg.task!r} is not a classifier (classify, vqa).")
+    if cfg.task not in tasks:
+        raise EnsembleError(f"{member_dir}: task {cfg.task!r} is not one of {', '.join(tasks)}.")
     os.makedirs(model_dir, exist_ok=True)
     task = get_task(cfg.task)(cfg, model_dir)
     task.load_data()
@@ -260,12 +305,22 @@ def evaluation_records(task):
     return records[: task.cfg.eval.max_images] if task.cfg.eval.max_images else records
 
 
-def run(member_dirs, method, weights, model_dir, export_dir, name="classifier_ensemble", version=None):
+def run(member_dirs, method, weights, model_dir, export_dir, name=None, version=None):
     """Builds, evaluates, saves and (unless `export_dir` is empty) exports the ensemble.
 
+    Classifiers or captioners, as the members' `config.json` say (`member_kind`);
+    `name` defaults to `classifier_ensemble` or `captioner_ensemble`.
+
     Returns:
-        `{"eval_metrics": dict, "export_path": str or None, "ensemble": ClassifierEnsemble}`.
+        `{"eval_metrics": dict, "export_path": str or None, "ensemble": ClassifierEnsemble or ImageCaptioner}`.
     """
+    check_member_dirs(member_dirs)
+    kind = member_kind(member_dirs)
+    name = name or f"{kind}_ensemble"
+    if kind == "captioner":
+        from training import caption_ensemble
+
+        return caption_ensemble.run(member_dirs, method, weights, model_dir, export_dir, name, version)
     from mmkeras.data.classification_pipeline import label_ids
     from mmkeras.metrics import classification as classification_metrics
 
@@ -330,6 +385,7 @@ def main(argv):
     try:
         # Cheap checks first: a wrong path fails before TensorFlow loads.
         check_member_dirs(members)
+        member_kind(members)
     except EnsembleError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -347,5 +403,10 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    # Run as the importable module, so that the EnsembleError that
+    # training.caption_ensemble raises is the class main() catches.
+    from training import ensemble
+
+    ensemble.define_flags()
+    flags.adopt_module_key_flags(ensemble)  # --help lists them
+    app.run(ensemble.main)

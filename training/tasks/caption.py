@@ -286,10 +286,7 @@ class CaptionTask(Task):
             # generating captions only reads local variables, so the chief does it.
             return {"token_accuracy": round(float(token_metrics["token_accuracy"]), 6)}
         caption_cfg = cfg.caption
-        predictions = generate_captions(
-            model, test_records, cfg.data.image_size, cfg.eval.batch_size, self.synthetic,
-            no_repeat_ngram_size=caption_cfg.no_repeat_ngram_size,
-        )
+        predictions = self.decode(model, test_records)
         references = [list(r.captions) for r in test_records]
         results = caption_metrics(predictions, references, confidence=0.95)
         # As the tokenizer splits them: generated captions are its tokens joined by spaces.
@@ -297,12 +294,7 @@ class CaptionTask(Task):
         results["novel_word_rate"] = novel_word_rate(predictions, train_words)
         beam_predictions = None
         if caption_cfg.eval_beam:
-            beam_predictions = generate_captions(
-                model, test_records, cfg.data.image_size, cfg.eval.batch_size, self.synthetic,
-                method="beam", num_beams=caption_cfg.num_beams,
-                no_repeat_ngram_size=caption_cfg.no_repeat_ngram_size,
-                length_penalty=caption_cfg.length_penalty,
-            )
+            beam_predictions = self.decode(model, test_records, method="beam")
             beam_metrics = caption_metrics(beam_predictions, references, confidence=0.95)
             beam_metrics["novel_word_rate"] = novel_word_rate(beam_predictions, train_words)
             results.update({f"beam_{k}": v for k, v in beam_metrics.items()})
@@ -325,6 +317,19 @@ class CaptionTask(Task):
         for s in samples[:5]:
             logging.info("%s -> %r (ref %r)", s["image"], s["generated"], s["references"][0])
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in results.items()}
+
+    def decode(self, model, records, method="greedy"):
+        """Captions of `records`' images as evaluation and the export decode them.
+
+        `"greedy"`, or `"beam"` with `caption.num_beams` and
+        `caption.length_penalty`; both with `caption.no_repeat_ngram_size`.
+        """
+        cfg, caption_cfg = self.cfg, self.cfg.caption
+        options = {"no_repeat_ngram_size": caption_cfg.no_repeat_ngram_size}
+        if method == "beam":
+            options.update(num_beams=caption_cfg.num_beams, length_penalty=caption_cfg.length_penalty)
+        return generate_captions(model, records, cfg.data.image_size, cfg.eval.batch_size, self.synthetic,
+                                 method=method, **options)
 
     def export(self, model, export_dir):
         from serving.export import export_captioner
