@@ -26,7 +26,7 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from mmkeras.metrics.bootstrap import bootstrap_interval
+from mmkeras.metrics.bootstrap import DEFAULT_CONFIDENCE, bootstrap_interval
 from mmkeras.metrics.caption_metrics import normalize_caption
 from mmkeras.metrics.cider import CIDErScorer
 
@@ -83,7 +83,7 @@ def _check_same_images(rows, baseline_rows, model_dir, baseline_dir):
                                f"in {baseline_dir} (or their references do): compare runs on the same test split.")
 
 
-def compare_runs(model_dirs, decoding="beam", confidence=0.95):
+def compare_runs(model_dirs, decoding="beam", confidence=DEFAULT_CONFIDENCE):
     """Per-run CIDEr-D and each later run's paired difference to the first.
 
     Args:

@@ -10,8 +10,11 @@ interval off the resampled means.
 
 import numpy as np
 
+# The coverage every evaluation reports its intervals at (`*_ci_low` / `*_ci_high`).
+DEFAULT_CONFIDENCE = 0.95
 
-def bootstrap_interval(scores, confidence=0.95, num_resamples=1000, seed=0):
+
+def bootstrap_interval(scores, confidence=DEFAULT_CONFIDENCE, num_resamples=1000, seed=0):
     """Percentile-bootstrap interval of the mean of `scores`.
 
     Deterministic for a given `seed`, so a rerun of an evaluation reports the

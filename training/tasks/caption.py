@@ -15,6 +15,7 @@ from mmkeras.data.splits import SPLITS
 from mmkeras.data.synthetic_captions import SyntheticCaptions
 from mmkeras.data.tokenizer import build_tokenizer, learn_vocabulary, special_token_ids, split_words
 from mmkeras.metrics import caption_metrics
+from mmkeras.metrics.bootstrap import DEFAULT_CONFIDENCE
 from mmkeras.metrics.caption_metrics import caption_words
 from mmkeras.metrics.caption_metrics import novel_word_rate
 from mmkeras.models import build_image_captioner
@@ -288,14 +289,14 @@ class CaptionTask(Task):
         caption_cfg = cfg.caption
         predictions = self.decode(model, test_records)
         references = [list(r.captions) for r in test_records]
-        results = caption_metrics(predictions, references, confidence=0.95)
+        results = caption_metrics(predictions, references, confidence=DEFAULT_CONFIDENCE)
         # As the tokenizer splits them: generated captions are its tokens joined by spaces.
         train_words = caption_words((c for r in self.splits["train"] for c in r.captions), split_words)
         results["novel_word_rate"] = novel_word_rate(predictions, train_words)
         beam_predictions = None
         if caption_cfg.eval_beam:
             beam_predictions = self.decode(model, test_records, method="beam")
-            beam_metrics = caption_metrics(beam_predictions, references, confidence=0.95)
+            beam_metrics = caption_metrics(beam_predictions, references, confidence=DEFAULT_CONFIDENCE)
             beam_metrics["novel_word_rate"] = novel_word_rate(beam_predictions, train_words)
             results.update({f"beam_{k}": v for k, v in beam_metrics.items()})
         results["token_accuracy"] = float(token_metrics["token_accuracy"])

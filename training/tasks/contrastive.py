@@ -24,6 +24,7 @@ from mmkeras.data.text_preprocessor import text_preprocessor_from_preset
 from mmkeras.data.text_preprocessor import text_preprocessor_from_vocabulary
 from mmkeras.data.tokenizer import learn_vocabulary
 from mmkeras.metrics import retrieval
+from mmkeras.metrics.bootstrap import DEFAULT_CONFIDENCE
 from mmkeras.models.dual_encoder import build_dual_encoder
 from training import distribute
 from training import finetune
@@ -187,7 +188,7 @@ class ContrastiveTask(Task):
                                         self.synthetic)
         text_embeddings = embed_texts(model, texts, self.text_preprocessor, cfg.eval.batch_size)
         relevance = retrieval.caption_relevance([r.captions for r in test_records], texts)
-        results = retrieval.retrieval_metrics(image_embeddings, text_embeddings, relevance, confidence=0.95)
+        results = retrieval.retrieval_metrics(image_embeddings, text_embeddings, relevance, confidence=DEFAULT_CONFIDENCE)
         results.update(
             loss=test_loss["loss"], in_batch_accuracy=test_loss["accuracy"],
             num_test_images=len(test_records), num_test_texts=len(texts),
