@@ -128,6 +128,8 @@ def test_export_serves_the_ensembles_captions(tokenizer, members, tmp_path):
 def test_members_that_cannot_combine_are_named(tokenizer, members):
     with pytest.raises(ValueError, match="at least 2 captioners"):
         build_captioner_ensemble(members[:1])
+    with pytest.raises(ValueError, match="Member 0 is an ensemble already"):
+        build_captioner_ensemble([build_captioner_ensemble(members), members[0]])
     with pytest.raises(ValueError, match="Member 1 is a Dense"):
         build_captioner_ensemble([members[0], keras.layers.Dense(2)])
     other_vocabulary = seeded(build_tokenizer(learn_vocabulary(["a dog runs on grass"] * 50, 100)), 2)

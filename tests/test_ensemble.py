@@ -339,6 +339,13 @@ def test_ensemble_cli_combines_trained_captioners_and_exports(tmp_path):
     assert (model_dir / "model.keras").exists()
     assert (export_dir / "captioner_ensemble" / "1" / "saved_model.pb").exists()
 
+    # Its report draws the gallery and attention maps from the config it wrote.
+    proc = subprocess.run([sys.executable, "-m", "training.report", f"--model_dir={model_dir}"],
+                          cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    page = (model_dir / "report.html").read_text()
+    assert 'alt="attention: ' in page and "Traceback" not in page
+
     # training.compare reads the ensemble's captions beside its members'.
     proc = subprocess.run(
         [sys.executable, "-m", "training.compare", f"--model_dirs={runs[0]},{model_dir}"],

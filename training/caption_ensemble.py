@@ -5,12 +5,15 @@ The ensemble is `mmkeras.models.build_captioner_ensemble` of the members'
 `config.json` (the same data, splits and decoding settings), so its
 `eval_metrics.json` has every key a captioning run's has, plus
 `member_cider` (and `member_beam_cider`): each member alone, decoded the same
-way on the same images.
+way on the same images. It also writes that `config.json`, so that
+`python -m training.report --model_dir=...` draws the ensemble's caption
+gallery and attention maps (no training curves: it did not train).
 """
 
 import dataclasses
 import os
 
+from training import config as config_lib
 from training.ensemble import EnsembleError, evaluation_records, load_member_task
 
 
@@ -86,6 +89,10 @@ def run(member_dirs, method, weights, model_dir, export_dir, name, version=None)
         results["weights"] = [float(w) for w in weights]
     task.write_json("eval_metrics.json", results)
     ensemble.save(os.path.join(model_dir, "model.keras"))
+    # The data and decoding settings it was evaluated with: `training.report`
+    # reads them to draw the caption gallery and the attention maps.
+    with open(os.path.join(model_dir, "config.json"), "w") as f:
+        f.write(config_lib.to_json(task.cfg))
 
     export_path = None
     if export_dir:

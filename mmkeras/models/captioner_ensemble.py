@@ -108,6 +108,10 @@ class EnsembleImageEncoder(keras.layers.Layer):
             outputs.append(encoder.encode_features(features[source], training=training))
         return {key: ops.concatenate([o[key] for o in outputs], axis=-1) for key in ("tokens", "pooled")}
 
+    def features_shape(self, images_shape):
+        """Member 0's feature grid (every member gives as many tokens): where attention maps are drawn."""
+        return self.encoders[0].features_shape(images_shape)
+
     def compute_output_shape(self, images_shape):
         tokens = self.encoders[0].compute_output_shape(images_shape)["tokens"]
         return {"tokens": tokens[:2] + (self.hidden_dim,), "pooled": (images_shape[0], self.hidden_dim)}
@@ -267,6 +271,9 @@ def build_captioner_ensemble(captioners, weights=None, name="captioner_ensemble"
     for i, captioner in enumerate(captioners):
         if not isinstance(captioner, ImageCaptioner):
             raise ValueError(f"Member {i} is a {type(captioner).__name__}, not an ImageCaptioner.")
+        if isinstance(captioner.text_decoder, EnsembleTextDecoder):
+            raise ValueError(f"Member {i} is an ensemble already: combine the captioners it was built from "
+                             "instead.")
     first = captioners[0]
     vocabulary = first.tokenizer.get_vocabulary() if first.tokenizer is not None else None
     for i, captioner in enumerate(captioners[1:], start=1):
