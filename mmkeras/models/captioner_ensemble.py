@@ -10,8 +10,8 @@ search, `no_repeat_ngram_size`, the length penalty, attention read-outs,
 `.keras` saving and the SavedModel export all work unchanged.
 """
 
-import numpy as np
 import keras
+import numpy as np
 from keras import ops
 
 from mmkeras.models.image_captioner import ImageCaptioner
@@ -40,11 +40,10 @@ def _same_features(a, b):
 def shared_feature_sources(encoders):
     """For each encoder, the index of the first encoder with the same features.
 
-    Members fine-tuned from one frozen preset (e.g. several seeds of
+    Members trained over one frozen preset (e.g. several seeds of
     `caption_flickr8k_pretrained`) hold identical backbones: the ensemble
-    runs each distinct backbone once and only the members' own projections
-    apart. Compares configurations and weights, so call it on trained
-    encoders.
+    runs each distinct backbone once and then each member's own projection.
+    Compares configurations and weights, so call it on trained encoders.
     """
     sources = []
     for i, encoder in enumerate(encoders):
