@@ -319,18 +319,23 @@ class CaptionTask(Task):
             logging.info("%s -> %r (ref %r)", s["image"], s["generated"], s["references"][0])
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in results.items()}
 
-    def decode(self, model, records, method="greedy"):
-        """Captions of `records`' images as evaluation and the export decode them.
+    def decoding_options(self, method="greedy"):
+        """`model.caption` arguments of `method` as evaluation and the export decode.
 
         `"greedy"`, or `"beam"` with `caption.num_beams` and
         `caption.length_penalty`; both with `caption.no_repeat_ngram_size`.
         """
-        cfg, caption_cfg = self.cfg, self.cfg.caption
-        options = {"no_repeat_ngram_size": caption_cfg.no_repeat_ngram_size}
+        caption_cfg = self.cfg.caption
+        options = {"method": method, "no_repeat_ngram_size": caption_cfg.no_repeat_ngram_size}
         if method == "beam":
             options.update(num_beams=caption_cfg.num_beams, length_penalty=caption_cfg.length_penalty)
+        return options
+
+    def decode(self, model, records, method="greedy"):
+        """Captions of `records`' images, decoded with `decoding_options(method)`."""
+        cfg = self.cfg
         return generate_captions(model, records, cfg.data.image_size, cfg.eval.batch_size, self.synthetic,
-                                 method=method, **options)
+                                 **self.decoding_options(method))
 
     def export(self, model, export_dir):
         from serving.export import export_captioner
