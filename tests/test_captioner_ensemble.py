@@ -137,6 +137,10 @@ def test_members_that_cannot_combine_are_named(tokenizer, members):
         build_captioner_ensemble([members[0], other_vocabulary])
     with pytest.raises(ValueError, match="same sequence_length"):
         build_captioner_ensemble([members[0], seeded(tokenizer, 3, sequence_length=10)])
+    encoders = [m.image_encoder for m in members]
+    for sources in ([1, 1], [0], [0, 2]):  # a later source, too few, out of range
+        with pytest.raises(ValueError, match="feature_sources"):
+            EnsembleImageEncoder(encoders, feature_sources=sources)
     for weights, message in (((1.0,), "one weight per member"), ((1.0, -1.0), ">= 0"), ((0.0, 0.0), "not all 0")):
         with pytest.raises(ValueError, match=message):
             build_captioner_ensemble(members, weights=weights)
