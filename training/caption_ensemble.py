@@ -42,7 +42,7 @@ def check_vocabularies(member_dirs, models, vocabulary):
                 f"{member_dir}: its captioner's vocabulary ({len(member_vocabulary)} tokens) is not the one the "
                 f"data of {member_dirs[0]}/config.json gives ({len(vocabulary)} tokens). Captioner ensembles need "
                 "members trained on the same data with the same vocabulary settings (data.vocabulary_size, "
-                "caption.vocabulary, caption.min_word_count)."
+                "caption.vocabulary, caption.min_word_count; the synthetic data also changes with train.seed)."
             )
 
 
