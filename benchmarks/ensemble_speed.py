@@ -46,7 +46,7 @@ def main(argv):
     from mmkeras.data.caption_pipeline import eval_image_dataset
     from mmkeras.models import build_captioner_ensemble
     from training import caption_ensemble
-    from training.ensemble import check_member_dirs, evaluation_records, load_member_task
+    from training.ensemble import check_member_dirs, load_member_task
 
     check_member_dirs(FLAGS.members)
     if FLAGS.rounds < 2:
@@ -55,7 +55,7 @@ def main(argv):
     with tempfile.TemporaryDirectory() as scratch:
         task = load_member_task(FLAGS.members[0], scratch, tasks=("caption",))
     ensemble = build_captioner_ensemble(models)
-    records = evaluation_records(task)
+    records = task.test_records()
     batches = list(eval_image_dataset(records, task.cfg.data.image_size, task.cfg.eval.batch_size, task.synthetic))
     shared = len(set(ensemble.image_encoder.feature_sources))
     print(f"{len(models)} members ({shared} distinct image backbone(s)), {len(records)} test images", flush=True)

@@ -109,7 +109,7 @@ def ensemble_rows(run_dirs, members_rows, scratch_dir):
 
     models = ensemble_lib.load_members(run_dirs)
     task = ensemble_lib.load_member_task(run_dirs[0], scratch_dir)
-    records = ensemble_lib.evaluation_records(task)
+    records = task.test_records()
     targets = label_ids(records, task.label_names, task.data.multi_label)
     started = time.time()
     test_predictions = ensemble_lib.member_predictions(task, models, records, ablation=True)

@@ -14,7 +14,7 @@ import dataclasses
 import os
 
 from training import config as config_lib
-from training.ensemble import EnsembleError, evaluation_records, load_member_task
+from training.ensemble import EnsembleError, load_member_task
 
 
 def load_captioners(member_dirs):
@@ -80,7 +80,7 @@ def run(member_dirs, method, weights, model_dir, export_dir, name, version=None)
     # Token accuracy runs the model's test step, which needs a compiled model.
     ensemble.compile()
     results = task.evaluate(ensemble, tf.distribute.get_strategy())
-    records = evaluation_records(task)
+    records = task.test_records()
     results["member_cider"] = member_cider(task, models, records, "greedy")
     if task.cfg.caption.eval_beam:
         results["member_beam_cider"] = member_cider(task, models, records, "beam")

@@ -299,12 +299,6 @@ def evaluate_ensemble(ensemble, predictions, targets):
     return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in results.items()}, report
 
 
-def evaluation_records(task):
-    """The test records the classify task evaluates (`eval.max_images` first, if set)."""
-    records = task.splits["test"]
-    return records[: task.cfg.eval.max_images] if task.cfg.eval.max_images else records
-
-
 def run(member_dirs, method, weights, model_dir, export_dir, name=None, version=None):
     """Builds, evaluates, saves and (unless `export_dir` is empty) exports the ensemble.
 
@@ -346,7 +340,7 @@ def run(member_dirs, method, weights, model_dir, export_dir, name=None, version=
         models, method, weights, validation_probs, validation_targets, seed=task.cfg.train.seed
     )
 
-    records = evaluation_records(task)
+    records = task.test_records()
     targets = label_ids(records, task.label_names, multi_label)
     predictions = member_predictions(task, models, records, ablation=task.cfg.classify.ablation)
     results, report = evaluate_ensemble(ensemble, predictions, targets)

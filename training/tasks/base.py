@@ -145,6 +145,11 @@ class Task:
         """Files of the run that travel with the export (e.g. the vocabulary)."""
         return []
 
+    def test_records(self):
+        """The test split as evaluation reads it: its first `eval.max_images` records, if set."""
+        records = self.splits["test"]
+        return records[: self.cfg.eval.max_images] if self.cfg.eval.max_images else records
+
     @property
     def export_name(self):
         return self.cfg.export.model_name or self.model_name

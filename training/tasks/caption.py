@@ -276,9 +276,7 @@ class CaptionTask(Task):
         over the test images (`mmkeras.metrics.bootstrap_interval`).
         """
         cfg = self.cfg
-        test_records = self.splits["test"]
-        if cfg.eval.max_images:
-            test_records = test_records[: cfg.eval.max_images]
+        test_records = self.test_records()
         test_ds = self._dataset(test_records, cfg.eval.batch_size, training=False)
         # Not `model.evaluate`: like `fit`, it fails under MultiWorkerMirroredStrategy.
         token_metrics = loop.evaluate(model, strategy, test_ds)

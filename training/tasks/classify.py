@@ -327,9 +327,7 @@ class ClassifyTask(Task):
 
     def evaluate(self, model, strategy):
         cfg = self.cfg
-        test_records = self.splits["test"]
-        if cfg.eval.max_images:
-            test_records = test_records[: cfg.eval.max_images]
+        test_records = self.test_records()
         test_loss = loop.evaluate(model, strategy, self.dataset(test_records, cfg.eval.batch_size, False))
         if not distribute.is_chief(strategy):
             return {"accuracy": round(test_loss["accuracy"], 6)}

@@ -176,9 +176,7 @@ class ContrastiveTask(Task):
         Each recall@K comes with its 95% bootstrap interval over the queries.
         """
         cfg = self.cfg
-        test_records = self.splits["test"]
-        if cfg.eval.max_images:
-            test_records = test_records[: cfg.eval.max_images]
+        test_records = self.test_records()
         one_caption = [first_caption(r) for r in test_records]
         test_loss = loop.evaluate(model, strategy, self._dataset(one_caption, cfg.eval.batch_size, False))
         if not distribute.is_chief(strategy):
@@ -188,7 +186,8 @@ class ContrastiveTask(Task):
                                         self.synthetic)
         text_embeddings = embed_texts(model, texts, self.text_preprocessor, cfg.eval.batch_size)
         relevance = retrieval.caption_relevance([r.captions for r in test_records], texts)
-        results = retrieval.retrieval_metrics(image_embeddings, text_embeddings, relevance, confidence=DEFAULT_CONFIDENCE)
+        results = retrieval.retrieval_metrics(image_embeddings, text_embeddings, relevance,
+                                              confidence=DEFAULT_CONFIDENCE)
         results.update(
             loss=test_loss["loss"], in_batch_accuracy=test_loss["accuracy"],
             num_test_images=len(test_records), num_test_texts=len(texts),
