@@ -126,10 +126,10 @@ def compare_runs(model_dirs, decoding="beam", confidence=DEFAULT_CONFIDENCE):
     return results
 
 
-def format_results(results, decoding):
-    """The printed table of `compare_runs`' results."""
+def format_results(results, decoding, confidence=DEFAULT_CONFIDENCE):
+    """The printed table of `compare_runs`' results (computed at `confidence`)."""
     n = "{:.3f}".format
-    lines = [f"{decoding} CIDEr-D, 95% bootstrap intervals over the test images"]
+    lines = [f"{decoding} CIDEr-D, {confidence:.0%} bootstrap intervals over the test images"]
     for i, r in enumerate(results):
         low, high = r["cider_interval"]
         line = f"{r['model_dir']}: {n(r['cider'])} [{n(low)}, {n(high)}]"
