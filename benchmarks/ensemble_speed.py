@@ -20,7 +20,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -32,17 +31,11 @@ flags.DEFINE_integer("rounds", 7, "Timed rounds (each decodes the test images wi
 FLAGS = flags.FLAGS
 
 
-def seconds_of(fn):
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def main(argv):
     del argv
     import tempfile
 
-    from benchmarks.caption_speed import median_interval
+    from benchmarks.caption_speed import median_interval, seconds_of
     from mmkeras.data.caption_pipeline import eval_image_dataset
     from mmkeras.models import build_captioner_ensemble
     from training import caption_ensemble
