@@ -200,6 +200,27 @@ def set_signature_method_name(export_dir, signature_key, method_name):
     updater.save()
 
 
+def track_tf_variables(archive):
+    """Makes `archive` track the `tf.Variable`s inside Keras' variables, not the wrappers.
+
+    `ExportArchive.track` lists Keras variable wrappers while the endpoints
+    capture the `tf.Variable`s they wrap: two objects per weight, which
+    TensorFlow saves twice (keras-team/keras#23553, Keras 3.15), so the
+    SavedModel, and every server that loads it, would hold each weight twice.
+    With the lists holding the wrapped variables, each weight is saved once.
+    The lists live on the archive's private `_tf_trackable` (append-only
+    `ListWrapper`s, so they are replaced, not edited); without it nothing
+    changes, and `tests/test_export.py` says whether weights are stored twice.
+    """
+    trackable = getattr(archive, "_tf_trackable", None)
+    if trackable is None:
+        return
+    for name in ("variables", "trainable_variables", "non_trainable_variables"):
+        variables = getattr(trackable, name, [])
+        setattr(trackable, name, [v.value if isinstance(getattr(v, "value", None), tf.Variable) else v
+                                  for v in variables])
+
+
 def write_saved_model(export_base, version, track, endpoints, assets=(), input_signatures=None,
                       method_names=None, metadata=None):
     """Writes a SavedModel version atomically and returns its path.
@@ -224,6 +245,7 @@ def write_saved_model(export_base, version, track, endpoints, assets=(), input_s
     archive = keras.export.ExportArchive()
     for resource in track:
         archive.track(resource)
+    track_tf_variables(archive)
     for name, fn in endpoints.items():
         archive.add_endpoint(
             name, tf.function(fn, autograph=False),

@@ -99,6 +99,15 @@ def serve_in_fresh_process(export_path, jpegs, tmp_path):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def test_export_stores_each_weight_once(trained):
+    results, _, _ = trained
+    model = results["model"]
+    stored = tf.train.list_variables(os.path.join(results["export_path"], "variables", "variables"))
+    stored_values = sum(int(np.prod(shape)) for name, shape in stored if not name.startswith("_CHECKPOINTABLE"))
+    # Every weight once, not once per Keras wrapper and once per tf.Variable (keras-team/keras#23553).
+    assert stored_values == sum(int(np.prod(v.shape)) for v in model.variables)
+
+
 def test_fresh_process_matches_in_memory_model(trained, tmp_path):
     results, _, jpegs = trained
     model = results["model"]
