@@ -1,5 +1,7 @@
 """Captioner ensembles: the mixture, decoding, shared backbones, saving, export, bad members."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -109,6 +111,57 @@ def test_save_and_load_keep_the_ensemble(tokenizer, members, tmp_path):
     np.testing.assert_allclose(numpy(restored(x)["logits"]), numpy(ensemble(x)["logits"]), atol=1e-6)
     for method in ("greedy", "beam"):
         assert restored.caption(x["images"], method=method) == ensemble.caption(x["images"], method=method)
+
+
+def test_members_over_one_preset_hold_and_save_its_backbone_once(tokenizer, tmp_path):
+    import shutil
+
+    import keras_hub
+
+    from mmkeras.data.tokenizer import special_token_ids
+    from mmkeras.models import build_image_captioner
+
+    preset_dir = str(tmp_path / "resnet_preset")
+    keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64], stackwise_num_blocks=[1],
+        stackwise_num_strides=[1], block_type="basic_block", use_pre_activation=False, image_shape=(32, 32, 3),
+    ).save_to_preset(preset_dir)
+    ids = special_token_ids(tokenizer)
+    members = []
+    for seed in (0, 1):
+        keras.utils.set_random_seed(seed)
+        members.append(build_image_captioner(
+            vocabulary_size=tokenizer.vocabulary_size(), sequence_length=8, image_size=32, hidden_dim=32,
+            num_layers=1, num_heads=2, intermediate_dim=48, backbone_preset=preset_dir, tokenizer=tokenizer,
+            start_token_id=ids["start"], end_token_id=ids["end"], pad_token_id=ids["pad"]))
+    paths = [str(tmp_path / f"member_{i}.keras") for i in range(2)]
+    for member, path in zip(members, paths):
+        member.save(path)
+    x, _, _ = batch(tokenizer)
+    member_probs = [numpy(ops.softmax(m(x, training=False)["logits"])) for m in members]
+
+    ensemble = build_captioner_ensemble(members)
+    encoders = ensemble.image_encoder.encoders
+    assert ensemble.image_encoder.feature_sources == [0, 0]
+    assert encoders[1].backbone is encoders[0].backbone
+    assert encoders[1].backbone_preset == preset_dir  # its config still says where the backbone came from
+    backbone_size = sum(int(np.prod(w.shape)) for w in encoders[0].backbone.weights)
+    assert ensemble.count_params() == sum(m.count_params() for m in members) - backbone_size
+    # Member 1's copy computes what member 1 did: its projection weights came along.
+    np.testing.assert_allclose(np.exp(numpy(ensemble(x, training=False)["logits"])), np.mean(member_probs, axis=0),
+                               atol=1e-6)
+
+    path = str(tmp_path / "ensemble.keras")
+    ensemble.save(path)
+    shutil.rmtree(preset_dir)  # the saved ensemble needs no preset folder
+    restored = keras.saving.load_model(path)
+    restored_encoders = restored.image_encoder.encoders
+    assert restored_encoders[1].backbone is restored_encoders[0].backbone
+    np.testing.assert_allclose(numpy(restored(x, training=False)["logits"]),
+                               numpy(ensemble(x, training=False)["logits"]), atol=1e-6)
+    # One backbone in the file: smaller than the two members' files together by about one backbone.
+    member_bytes = sum(os.path.getsize(p) for p in paths)
+    assert os.path.getsize(path) < member_bytes - 0.8 * 4 * backbone_size
 
 
 @pytest.mark.slow

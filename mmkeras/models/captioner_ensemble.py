@@ -51,6 +51,29 @@ def shared_feature_sources(encoders):
     return sources
 
 
+def _reusing_backbone(encoder, source):
+    """`encoder`, or a copy of it that runs `source`'s backbone layer (the same object).
+
+    Keras saves and TensorFlow exports a layer reachable twice once, so an
+    ensemble whose members share a frozen preset holds it once. A built
+    `encoder` gives a built copy with its weights (its own backbone's equal
+    `source`'s: `shared_feature_sources` checked). Encoders without a
+    backbone (a small stem) are returned as they are.
+    """
+    if encoder.backbone is None or source.backbone is None or encoder.backbone is source.backbone:
+        return encoder
+    config = encoder.get_config()
+    config.update(backbone=source.backbone, backbone_class=None, backbone_kwargs=None, backbone_preset=None)
+    copy = type(encoder).from_config(config)
+    # Where the backbone came from, for the copy's own config.
+    copy.backbone_class, copy.backbone_kwargs, copy.backbone_preset = (
+        encoder.backbone_class, encoder.backbone_kwargs, encoder.backbone_preset)
+    if encoder.built:
+        copy.build_from_config(encoder.get_build_config())
+        copy.set_weights(encoder.get_weights())
+    return copy
+
+
 @keras.saving.register_keras_serializable(package="mmkeras")
 class EnsembleImageEncoder(keras.layers.Layer):
     """The image encoders of an ensemble's members, their tokens side by side.
@@ -64,23 +87,27 @@ class EnsembleImageEncoder(keras.layers.Layer):
         encoders: list of `ImageEncoder`s, one per member.
         feature_sources: optional list, for each member the index of the
             member whose `features(images)` it reuses (see
-            `shared_feature_sources`); default: every member its own.
+            `shared_feature_sources`); default: every member its own. A
+            member that reuses another's keras-hub backbone is held as a
+            copy around that backbone layer, so the ensemble's `.keras` file
+            and SavedModel store the backbone once.
         **kwargs: base layer arguments.
     """
 
     def __init__(self, encoders, feature_sources=None, **kwargs):
         super().__init__(**kwargs)
-        self.encoders = list(encoders)
-        if len(self.encoders) < 2:
-            raise ValueError(f"An ensemble needs at least 2 image encoders. Received: {len(self.encoders)}")
-        self.feature_sources = list(range(len(self.encoders))) if feature_sources is None else [
+        encoders = list(encoders)
+        if len(encoders) < 2:
+            raise ValueError(f"An ensemble needs at least 2 image encoders. Received: {len(encoders)}")
+        self.feature_sources = list(range(len(encoders))) if feature_sources is None else [
             int(s) for s in feature_sources]
-        if len(self.feature_sources) != len(self.encoders) or any(
+        if len(self.feature_sources) != len(encoders) or any(
                 not 0 <= s <= i or self.feature_sources[s] != s for i, s in enumerate(self.feature_sources)):
             raise ValueError(
                 "`feature_sources` must give each encoder the index of an earlier (or the same) encoder that "
-                f"computes its own features. Received: {self.feature_sources} for {len(self.encoders)} encoders"
+                f"computes its own features. Received: {self.feature_sources} for {len(encoders)} encoders"
             )
+        self.encoders = [_reusing_backbone(e, encoders[s]) for e, s in zip(encoders, self.feature_sources)]
         self.hidden_dims = [int(e.hidden_dim) for e in self.encoders]
         self.hidden_dim = sum(self.hidden_dims)
 
@@ -262,7 +289,9 @@ def build_captioner_ensemble(captioners, weights=None, name="captioner_ensemble"
         name: the ensemble's name.
 
     Returns:
-        A built `ImageCaptioner` holding the members' layers (not copies).
+        A built `ImageCaptioner` holding the members' layers (not copies),
+        except the image encoders of members that share another's backbone:
+        copies around that one backbone layer, with their own weights.
     """
     captioners = list(captioners)
     if len(captioners) < 2:
