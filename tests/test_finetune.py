@@ -39,6 +39,30 @@ def test_none_freezes_the_feature_extractor_but_not_the_projection(make):
             assert not layer.trainable_weights
 
 
+@pytest.mark.parametrize("kind", ["image", "text"])
+def test_a_frozen_backbone_stays_frozen_after_saving(kind):
+    """`none` on a keras-hub backbone is in the config: a reloaded model trains what the run trained."""
+    import keras_hub
+
+    if kind == "image":
+        backbone = keras_hub.models.ResNetBackbone(
+            input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64],
+            stackwise_num_blocks=[1], stackwise_num_strides=[1], block_type="basic_block",
+            use_pre_activation=False, image_shape=(16, 16, 3))
+        encoder = ImageEncoder(hidden_dim=8, backbone=backbone)
+        encoder.build((None, 16, 16, 3))
+    else:
+        backbone = keras_hub.models.BertBackbone(vocabulary_size=30, num_layers=1, num_heads=2, hidden_dim=8,
+                                                 intermediate_dim=16, max_sequence_length=6)
+        encoder = TextEncoder(vocabulary_size=30, sequence_length=6, hidden_dim=8, backbone=backbone)
+        encoder.build((None, 6))
+    finetune.apply_trainable(encoder, "none")
+    assert finetune.is_frozen(encoder)
+    restored = keras.layers.deserialize(keras.layers.serialize(encoder))
+    assert restored.built and not restored.backbone_trainable and finetune.is_frozen(restored)
+    assert trainable_names(restored) == trainable_names(encoder) and trainable_names(encoder)
+
+
 def test_top_n_trains_only_the_top_blocks():
     encoder = image_encoder()
     assert finetune.apply_trainable(encoder, "top:1") == 2

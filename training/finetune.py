@@ -28,6 +28,7 @@ import re
 from absl import logging
 
 from mmkeras.data import text_features
+from mmkeras.layers.backbone_utils import set_backbone_trainable
 
 
 def parse_trainable(value, where="trainable"):
@@ -79,6 +80,14 @@ def apply_trainable(encoder, value, where="trainable"):
     for block in frozen:
         for layer in block:
             layer.trainable = False
+    backbone = getattr(encoder, "backbone", None)
+    if top == 0 and backbone is not None:
+        # In the encoder's config (`backbone_trainable`), so a saved model reloads
+        # with its backbone frozen and its optimizer state (built for the trainable
+        # weights) matching. `top:N` and frozen stems are not in any config: a
+        # reloaded model trains every layer until `apply_trainable` runs again.
+        encoder.backbone_trainable = False
+        set_backbone_trainable(backbone, False)
     return len(frozen)
 
 

@@ -120,6 +120,18 @@ def resolve_backbone(backbone, backbone_class, backbone_kwargs, backbone_preset,
     return backbone
 
 
+def set_backbone_trainable(backbone, trainable):
+    """`backbone.trainable = trainable`, reaching every sublayer and variable.
+
+    Keras on TensorFlow skips an assignment whose value is the one the
+    attribute already holds (`KerasAutoTrackable.__setattr__`). A keras-hub
+    backbone deserialized with `"trainable": false` reads False while the
+    layers its constructor built still train, so a plain assignment would
+    leave a reloaded frozen backbone training; this calls the setter itself.
+    """
+    keras.layers.Layer.trainable.fset(backbone, bool(trainable))
+
+
 def backbone_get_config(backbone, backbone_class):
     """The `"backbone"` config entry: None when `backbone_class` rebuilds it.
 

@@ -9,6 +9,7 @@ from keras import ops
 from mmkeras.layers.backbone_utils import backbone_get_config
 from mmkeras.layers.backbone_utils import preset_pixel_scaling
 from mmkeras.layers.backbone_utils import resolve_backbone
+from mmkeras.layers.backbone_utils import set_backbone_trainable
 
 
 STEM_NORMS = ("batch", "group")
@@ -142,7 +143,7 @@ class ImageEncoder(keras.layers.Layer):
         self.pixel_offset = _channel_values("pixel_offset", pixel_offset)
         self.backbone = backbone
         if backbone is not None:
-            backbone.trainable = backbone_trainable
+            set_backbone_trainable(backbone, backbone_trainable)
             self.stem = []
         else:
             self.stem = []

@@ -4,7 +4,7 @@ import keras
 import keras_hub
 from keras import ops
 
-from mmkeras.layers.backbone_utils import backbone_get_config, resolve_backbone
+from mmkeras.layers.backbone_utils import backbone_get_config, resolve_backbone, set_backbone_trainable
 
 POOLING_MODES = ("mean", "first")
 # Inputs a keras-hub text backbone may declare, and how this layer fills them.
@@ -131,7 +131,7 @@ class TextEncoder(keras.layers.Layer):
         self.blocks = []
         self.projection = None
         if self.backbone is not None:
-            self.backbone.trainable = backbone_trainable
+            set_backbone_trainable(self.backbone, backbone_trainable)
             self._backbone_inputs = self._check_backbone_inputs(self.backbone)
             self.projection = keras.layers.Dense(
                 hidden_dim, dtype=self.dtype_policy, name="projection"
