@@ -39,28 +39,50 @@ def test_none_freezes_the_feature_extractor_but_not_the_projection(make):
             assert not layer.trainable_weights
 
 
-@pytest.mark.parametrize("kind", ["image", "text"])
-def test_a_frozen_backbone_stays_frozen_after_saving(kind):
-    """`none` on a keras-hub backbone is in the config: a reloaded model trains what the run trained."""
+def hub_image_encoder():
     import keras_hub
 
-    if kind == "image":
-        backbone = keras_hub.models.ResNetBackbone(
-            input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64],
-            stackwise_num_blocks=[1], stackwise_num_strides=[1], block_type="basic_block",
-            use_pre_activation=False, image_shape=(16, 16, 3))
-        encoder = ImageEncoder(hidden_dim=8, backbone=backbone)
-        encoder.build((None, 16, 16, 3))
-    else:
-        backbone = keras_hub.models.BertBackbone(vocabulary_size=30, num_layers=1, num_heads=2, hidden_dim=8,
-                                                 intermediate_dim=16, max_sequence_length=6)
-        encoder = TextEncoder(vocabulary_size=30, sequence_length=6, hidden_dim=8, backbone=backbone)
-        encoder.build((None, 6))
-    finetune.apply_trainable(encoder, "none")
-    assert finetune.is_frozen(encoder)
+    backbone = keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 64],
+        stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 1], block_type="basic_block",
+        use_pre_activation=False, image_shape=(16, 16, 3))
+    encoder = ImageEncoder(hidden_dim=8, backbone=backbone)
+    encoder.build((None, 16, 16, 3))
+    return encoder
+
+
+def hub_text_encoder():
+    import keras_hub
+
+    backbone = keras_hub.models.BertBackbone(vocabulary_size=30, num_layers=2, num_heads=2, hidden_dim=8,
+                                             intermediate_dim=16, max_sequence_length=6)
+    encoder = TextEncoder(vocabulary_size=30, sequence_length=6, hidden_dim=8, backbone=backbone)
+    encoder.build((None, 6))
+    return encoder
+
+
+@pytest.mark.parametrize("make", [image_encoder, text_encoder, hub_image_encoder, hub_text_encoder])
+@pytest.mark.parametrize("setting", ["none", "top:1"])
+def test_frozen_layers_stay_frozen_after_saving(make, setting):
+    """The encoder's config records what is frozen: a reloaded model trains what the run trained."""
+    encoder = make()
+    everything = trainable_names(encoder)
+    finetune.apply_trainable(encoder, setting)
+    assert trainable_names(encoder) < everything
     restored = keras.layers.deserialize(keras.layers.serialize(encoder))
-    assert restored.built and not restored.backbone_trainable and finetune.is_frozen(restored)
-    assert trainable_names(restored) == trainable_names(encoder) and trainable_names(encoder)
+    assert restored.built
+    assert trainable_names(restored) == trainable_names(encoder)
+    assert finetune.is_frozen(restored) == (setting == "none")
+    if setting == "none" and encoder.backbone is not None:
+        assert not restored.backbone_trainable
+
+
+def test_frozen_layers_naming_unknown_layers_fail_clearly():
+    with pytest.raises(ValueError, match="no_such_layer"):
+        ImageEncoder(hidden_dim=8, stem_filters=(4,), frozen_layers=["stem_0_conv_0", "no_such_layer"])
+    with pytest.raises(ValueError, match="block_9"):
+        TextEncoder(vocabulary_size=20, sequence_length=6, hidden_dim=8, num_layers=1, num_heads=2,
+                    frozen_layers=["block_9"])
 
 
 def test_top_n_trains_only_the_top_blocks():

@@ -28,7 +28,7 @@ import re
 from absl import logging
 
 from mmkeras.data import text_features
-from mmkeras.layers.backbone_utils import set_backbone_trainable
+from mmkeras.layers.backbone_utils import set_trainable
 
 
 def parse_trainable(value, where="trainable"):
@@ -82,12 +82,13 @@ def apply_trainable(encoder, value, where="trainable"):
             layer.trainable = False
     backbone = getattr(encoder, "backbone", None)
     if top == 0 and backbone is not None:
-        # In the encoder's config (`backbone_trainable`), so a saved model reloads
-        # with its backbone frozen and its optimizer state (built for the trainable
-        # weights) matching. `top:N` and frozen stems are not in any config: a
-        # reloaded model trains every layer until `apply_trainable` runs again.
+        # Frozen as a whole (`backbone_trainable=False` in the encoder's config):
+        # it also runs in inference mode, as its cached features were computed.
+        # Partial freezing is saved too, as the encoder's `frozen_layers`; either
+        # way a reloaded model trains what the run trained, and its optimizer
+        # state (built for those weights) loads back.
         encoder.backbone_trainable = False
-        set_backbone_trainable(backbone, False)
+        set_trainable(backbone, False)
     return len(frozen)
 
 

@@ -1,7 +1,8 @@
 """Backbones of the encoders: from an instance, a class name or a preset, and back.
 
 `ImageEncoder` and `TextEncoder` take a keras-hub backbone in the same three
-ways and serialize it the same way; this module is that shared knowledge.
+ways, serialize it the same way and record which of their feature layers
+train the same way; this module is that shared knowledge.
 """
 
 import os
@@ -120,16 +121,39 @@ def resolve_backbone(backbone, backbone_class, backbone_kwargs, backbone_preset,
     return backbone
 
 
-def set_backbone_trainable(backbone, trainable):
-    """`backbone.trainable = trainable`, reaching every sublayer and variable.
+def set_trainable(layer, trainable):
+    """`layer.trainable = trainable`, reaching every sublayer and variable.
 
     Keras on TensorFlow skips an assignment whose value is the one the
     attribute already holds (`KerasAutoTrackable.__setattr__`). A keras-hub
     backbone deserialized with `"trainable": false` reads False while the
-    layers its constructor built still train, so a plain assignment would
-    leave a reloaded frozen backbone training; this calls the setter itself.
+    layers its constructor built still train, and a layer frozen before its
+    build() reads False while the sublayers that build() made still train;
+    a plain assignment would leave both training, so this calls the setter.
     """
-    keras.layers.Layer.trainable.fset(backbone, bool(trainable))
+    keras.layers.Layer.trainable.fset(layer, bool(trainable))
+
+
+def frozen_layer_names(layers):
+    """Names of `layers` that do not train, for an encoder's `frozen_layers` config entry."""
+    return [layer.name for layer in layers if not layer.trainable]
+
+
+def freeze_layers(layers, names, owner):
+    """Sets `trainable=False` on the `layers` named in `names` (an encoder's `frozen_layers`).
+
+    Raises `ValueError` naming the layers `owner` does not have, e.g. a config
+    saved with a different backbone.
+    """
+    by_name = {layer.name: layer for layer in layers}
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        raise ValueError(
+            f"`frozen_layers` names {len(unknown)} layers that {owner} does not have: {unknown[:5]}. "
+            f"Its layers: {list(by_name)[:8]}{' ...' if len(by_name) > 8 else ''}"
+        )
+    for name in names:
+        set_trainable(by_name[name], False)
 
 
 def backbone_get_config(backbone, backbone_class):

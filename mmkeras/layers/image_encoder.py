@@ -7,9 +7,11 @@ import keras_hub
 from keras import ops
 
 from mmkeras.layers.backbone_utils import backbone_get_config
+from mmkeras.layers.backbone_utils import freeze_layers
+from mmkeras.layers.backbone_utils import frozen_layer_names
 from mmkeras.layers.backbone_utils import preset_pixel_scaling
 from mmkeras.layers.backbone_utils import resolve_backbone
-from mmkeras.layers.backbone_utils import set_backbone_trainable
+from mmkeras.layers.backbone_utils import set_trainable
 
 
 STEM_NORMS = ("batch", "group")
@@ -64,6 +66,11 @@ class ImageEncoder(keras.layers.Layer):
             config keeps the backbone's own config next to this path, so a
             saved model reloads (weights from the `.keras` file) without it.
         backbone_trainable: bool, whether backbone weights are fine-tuned.
+        frozen_layers: optional names of layers of the backbone (its
+            `layers`) or of the stem that do not train. `get_config` records
+            the frozen ones, so a model saved after
+            `training.finetune.apply_trainable(encoder, "top:N")` reloads with
+            the same layers frozen.
         pixel_scale, pixel_offset: floats, or one float per channel; images
             arrive in `[0, 255]` and are mapped to
             `images * pixel_scale + pixel_offset` first. None (the default):
@@ -103,6 +110,7 @@ class ImageEncoder(keras.layers.Layer):
         backbone_kwargs=None,
         backbone_preset=None,
         backbone_trainable=True,
+        frozen_layers=None,
         pixel_scale=None,
         pixel_offset=None,
         dropout=0.0,
@@ -143,7 +151,7 @@ class ImageEncoder(keras.layers.Layer):
         self.pixel_offset = _channel_values("pixel_offset", pixel_offset)
         self.backbone = backbone
         if backbone is not None:
-            set_backbone_trainable(backbone, backbone_trainable)
+            set_trainable(backbone, backbone_trainable)
             self.stem = []
         else:
             self.stem = []
@@ -166,6 +174,9 @@ class ImageEncoder(keras.layers.Layer):
                             "relu", dtype=self.dtype_policy, name=f"stem_{i}_relu_{j}"
                         )
                     )
+        # Applied again once built: layers a backbone creates in its build() start trainable.
+        self._frozen_layers = list(frozen_layers or ())
+        freeze_layers(self._feature_layers(), self._frozen_layers, "this image encoder's backbone or stem")
         self.projection = keras.layers.Dense(
             hidden_dim, dtype=self.dtype_policy, name="projection"
         )
@@ -176,6 +187,12 @@ class ImageEncoder(keras.layers.Layer):
         self.token_dropout = keras.layers.Dropout(
             dropout, dtype=self.dtype_policy, name="token_dropout"
         )
+
+    def _feature_layers(self):
+        """The layers `features` runs: the backbone's top-level layers, or the stem."""
+        if self.backbone is not None:
+            return list(getattr(self.backbone, "layers", None) or [self.backbone])
+        return list(self.stem)
 
     def _stem_norm_layer(self, filters, name):
         if self.stem_norm == "group":
@@ -226,6 +243,7 @@ class ImageEncoder(keras.layers.Layer):
         )
         self.position_embedding.build(hidden_shape)
         self.norm.build(hidden_shape)
+        freeze_layers(self._feature_layers(), self._frozen_layers, "this image encoder's backbone or stem")
         self.built = True
 
     def features(self, images, training=None):
@@ -289,6 +307,8 @@ class ImageEncoder(keras.layers.Layer):
                 "backbone_kwargs": self.backbone_kwargs,
                 "backbone_preset": self.backbone_preset,
                 "backbone_trainable": self.backbone_trainable,
+                # A frozen backbone (backbone_trainable=False) freezes them all.
+                "frozen_layers": frozen_layer_names(self._feature_layers()) if self.backbone_trainable else [],
                 "pixel_scale": _config_value(self.pixel_scale),
                 "pixel_offset": _config_value(self.pixel_offset),
                 "dropout": self.dropout,

@@ -4,7 +4,9 @@ import keras
 import keras_hub
 from keras import ops
 
-from mmkeras.layers.backbone_utils import backbone_get_config, resolve_backbone, set_backbone_trainable
+from mmkeras.layers.backbone_utils import (
+    backbone_get_config, freeze_layers, frozen_layer_names, resolve_backbone, set_trainable,
+)
 
 POOLING_MODES = ("mean", "first")
 # Inputs a keras-hub text backbone may declare, and how this layer fills them.
@@ -51,6 +53,11 @@ class TextEncoder(keras.layers.Layer):
             config keeps the backbone's own config next to this path, so a
             saved model reloads (weights from the `.keras` file) without it.
         backbone_trainable: bool, whether backbone weights are fine-tuned.
+        frozen_layers: optional names of layers that do not train: the
+            backbone's `layers`, or the default encoder's `"embedding"` and
+            `"block_<i>"`. `get_config` records the frozen ones, so a model
+            saved after `training.finetune.apply_trainable(encoder, "top:N")`
+            reloads with the same layers frozen.
         **kwargs: base layer arguments.
 
     Call arguments:
@@ -86,6 +93,7 @@ class TextEncoder(keras.layers.Layer):
         backbone_kwargs=None,
         backbone_preset=None,
         backbone_trainable=True,
+        frozen_layers=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -131,7 +139,7 @@ class TextEncoder(keras.layers.Layer):
         self.blocks = []
         self.projection = None
         if self.backbone is not None:
-            set_backbone_trainable(self.backbone, backbone_trainable)
+            set_trainable(self.backbone, backbone_trainable)
             self._backbone_inputs = self._check_backbone_inputs(self.backbone)
             self.projection = keras.layers.Dense(
                 hidden_dim, dtype=self.dtype_policy, name="projection"
@@ -165,6 +173,15 @@ class TextEncoder(keras.layers.Layer):
         self.norm = keras.layers.LayerNormalization(
             epsilon=1e-5, dtype=self.dtype_policy, name="norm"
         )
+        # Applied again once built: layers a block creates in its build() start trainable.
+        self._frozen_layers = list(frozen_layers or ())
+        freeze_layers(self._feature_layers(), self._frozen_layers, "this text encoder's backbone or blocks")
+
+    def _feature_layers(self):
+        """The layers `features` runs: the backbone's top-level layers, or embedding and blocks."""
+        if self.backbone is not None:
+            return list(getattr(self.backbone, "layers", None) or [self.backbone])
+        return [self.embedding] + list(self.blocks)
 
     @staticmethod
     def _check_backbone_inputs(backbone):
@@ -214,6 +231,7 @@ class TextEncoder(keras.layers.Layer):
             for block in self.blocks:
                 block.build(hidden_shape)
         self.norm.build(hidden_shape)
+        freeze_layers(self._feature_layers(), self._frozen_layers, "this text encoder's backbone or blocks")
         self.built = True
 
     def features(self, token_ids, padding_mask=None, training=None):
@@ -301,6 +319,8 @@ class TextEncoder(keras.layers.Layer):
                 "backbone_kwargs": self.backbone_kwargs,
                 "backbone_preset": self.backbone_preset,
                 "backbone_trainable": self.backbone_trainable,
+                # A frozen backbone (backbone_trainable=False) freezes them all.
+                "frozen_layers": frozen_layer_names(self._feature_layers()) if self.backbone_trainable else [],
                 "backbone": backbone_get_config(self.backbone, self.backbone_class),
             }
         )
