@@ -54,18 +54,16 @@ def feature_blocks(encoder):
     Works for `ImageEncoder` (stem stages or backbone layers) and
     `TextEncoder` (embedding, then each Transformer layer, or backbone layers).
     """
-    backbone = getattr(encoder, "backbone", None)
-    if backbone is not None:
-        return [[layer] for layer in _with_weights(backbone.layers)]
+    layers = encoder.feature_layers()
+    if encoder.backbone is not None:
+        return [[layer] for layer in _with_weights(layers)]
     if hasattr(encoder, "stem"):
         # Stage i of the conv stem is the layers named stem_<i>_*.
         stages = {}
-        for layer in encoder.stem:
+        for layer in layers:
             stages.setdefault(layer.name.split("_")[1], []).append(layer)
         return [stages[key] for key in sorted(stages, key=int)]
-    blocks = [[encoder.embedding]] if getattr(encoder, "embedding", None) is not None else []
-    blocks.extend([layer] for layer in getattr(encoder, "blocks", []))
-    return blocks
+    return [[layer] for layer in layers]
 
 
 def apply_trainable(encoder, value, where="trainable"):
@@ -79,7 +77,7 @@ def apply_trainable(encoder, value, where="trainable"):
     frozen = blocks[: max(len(blocks) - top, 0)]
     for block in frozen:
         for layer in block:
-            layer.trainable = False
+            set_trainable(layer, False)
     backbone = getattr(encoder, "backbone", None)
     if top == 0 and backbone is not None:
         # Frozen as a whole (`backbone_trainable=False` in the encoder's config):

@@ -176,7 +176,7 @@ class ImageEncoder(keras.layers.Layer):
                     )
         # Applied again once built: layers a backbone creates in its build() start trainable.
         self._frozen_layers = list(frozen_layers or ())
-        freeze_layers(self._feature_layers(), self._frozen_layers, "this image encoder's backbone or stem")
+        freeze_layers(self.feature_layers(), self._frozen_layers, "this image encoder's backbone or stem")
         self.projection = keras.layers.Dense(
             hidden_dim, dtype=self.dtype_policy, name="projection"
         )
@@ -188,8 +188,11 @@ class ImageEncoder(keras.layers.Layer):
             dropout, dtype=self.dtype_policy, name="token_dropout"
         )
 
-    def _feature_layers(self):
-        """The layers `features` runs: the backbone's top-level layers, or the stem."""
+    def feature_layers(self):
+        """The layers `features` runs, bottom first: the backbone's top-level layers, or the stem.
+
+        What `frozen_layers` names and `training.finetune` freezes.
+        """
         if self.backbone is not None:
             return list(getattr(self.backbone, "layers", None) or [self.backbone])
         return list(self.stem)
@@ -243,7 +246,7 @@ class ImageEncoder(keras.layers.Layer):
         )
         self.position_embedding.build(hidden_shape)
         self.norm.build(hidden_shape)
-        freeze_layers(self._feature_layers(), self._frozen_layers, "this image encoder's backbone or stem")
+        freeze_layers(self.feature_layers(), self._frozen_layers, "this image encoder's backbone or stem")
         self.built = True
 
     def features(self, images, training=None):
@@ -308,7 +311,7 @@ class ImageEncoder(keras.layers.Layer):
                 "backbone_preset": self.backbone_preset,
                 "backbone_trainable": self.backbone_trainable,
                 # A frozen backbone (backbone_trainable=False) freezes them all.
-                "frozen_layers": frozen_layer_names(self._feature_layers()) if self.backbone_trainable else [],
+                "frozen_layers": frozen_layer_names(self.feature_layers()) if self.backbone_trainable else [],
                 "pixel_scale": _config_value(self.pixel_scale),
                 "pixel_offset": _config_value(self.pixel_offset),
                 "dropout": self.dropout,

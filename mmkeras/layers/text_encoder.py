@@ -175,10 +175,13 @@ class TextEncoder(keras.layers.Layer):
         )
         # Applied again once built: layers a block creates in its build() start trainable.
         self._frozen_layers = list(frozen_layers or ())
-        freeze_layers(self._feature_layers(), self._frozen_layers, "this text encoder's backbone or blocks")
+        freeze_layers(self.feature_layers(), self._frozen_layers, "this text encoder's backbone or blocks")
 
-    def _feature_layers(self):
-        """The layers `features` runs: the backbone's top-level layers, or embedding and blocks."""
+    def feature_layers(self):
+        """The layers `features` runs, bottom first: the backbone's top-level layers, or embedding and blocks.
+
+        What `frozen_layers` names and `training.finetune` freezes.
+        """
         if self.backbone is not None:
             return list(getattr(self.backbone, "layers", None) or [self.backbone])
         return [self.embedding] + list(self.blocks)
@@ -231,7 +234,7 @@ class TextEncoder(keras.layers.Layer):
             for block in self.blocks:
                 block.build(hidden_shape)
         self.norm.build(hidden_shape)
-        freeze_layers(self._feature_layers(), self._frozen_layers, "this text encoder's backbone or blocks")
+        freeze_layers(self.feature_layers(), self._frozen_layers, "this text encoder's backbone or blocks")
         self.built = True
 
     def features(self, token_ids, padding_mask=None, training=None):
@@ -320,7 +323,7 @@ class TextEncoder(keras.layers.Layer):
                 "backbone_preset": self.backbone_preset,
                 "backbone_trainable": self.backbone_trainable,
                 # A frozen backbone (backbone_trainable=False) freezes them all.
-                "frozen_layers": frozen_layer_names(self._feature_layers()) if self.backbone_trainable else [],
+                "frozen_layers": frozen_layer_names(self.feature_layers()) if self.backbone_trainable else [],
                 "backbone": backbone_get_config(self.backbone, self.backbone_class),
             }
         )
