@@ -61,7 +61,18 @@ def hub_text_encoder():
     return encoder
 
 
-@pytest.mark.parametrize("make", [image_encoder, text_encoder, hub_image_encoder, hub_text_encoder])
+def hub_image_encoder_by_class():
+    """A backbone built from its class: at every build its input layer gets a new numbered name."""
+    kwargs = dict(input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 64],
+                  stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 1], block_type="basic_block",
+                  use_pre_activation=False, image_shape=(16, 16, 3))
+    encoder = ImageEncoder(hidden_dim=8, backbone_class="ResNetBackbone", backbone_kwargs=kwargs)
+    encoder.build((None, 16, 16, 3))
+    return encoder
+
+
+@pytest.mark.parametrize("make", [image_encoder, text_encoder, hub_image_encoder, hub_text_encoder,
+                                  hub_image_encoder_by_class])
 @pytest.mark.parametrize("setting", ["none", "top:1"])
 def test_frozen_layers_stay_frozen_after_saving(make, setting):
     """The encoder's config records what is frozen: a reloaded model trains what the run trained."""
@@ -75,6 +86,15 @@ def test_frozen_layers_stay_frozen_after_saving(make, setting):
     assert finetune.is_frozen(restored) == (setting == "none")
     if setting == "none" and encoder.backbone is not None:
         assert not restored.backbone_trainable
+
+
+def test_a_wholly_frozen_encoder_reloads_around_a_rebuilt_backbone():
+    """As an ensemble freezes its members: weightless layers (numbered input layers) are not recorded."""
+    encoder = hub_image_encoder_by_class()
+    encoder.trainable = False
+    assert all(not name.startswith("input_layer") for name in encoder.get_config()["frozen_layers"])
+    restored = keras.layers.deserialize(keras.layers.serialize(encoder))
+    assert not restored.trainable_weights and finetune.is_frozen(restored)
 
 
 def test_frozen_layers_naming_unknown_layers_fail_clearly():

@@ -91,9 +91,9 @@ def apply_trainable(encoder, value, where="trainable"):
 
 
 def is_frozen(encoder):
-    """True when none of the encoder's feature-extractor blocks trains."""
+    """True when no weight of the encoder's feature-extractor blocks trains."""
     blocks = feature_blocks(encoder)
-    return bool(blocks) and not any(layer.trainable for block in blocks for layer in block)
+    return bool(blocks) and not any(layer.trainable_weights for block in blocks for layer in block)
 
 
 def image_feature_extractor(image_encoder, data_cfg):
