@@ -12,7 +12,7 @@ from mmkeras.data.caption_pipeline import decode_images
 from mmkeras.data.tokenizer import build_tokenizer, learn_vocabulary
 from mmkeras.models import EnsembleImageEncoder, build_captioner_ensemble
 from mmkeras.models.caption_search import sequence_scores
-from mmkeras.models.captioner_ensemble import shared_feature_sources
+from mmkeras.models.shared_backbones import shared_feature_sources
 from tests.test_export import serve_in_fresh_process
 from tests.test_image_captioner import CAPTIONS, batch, tiny_captioner
 

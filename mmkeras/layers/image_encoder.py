@@ -99,6 +99,11 @@ class ImageEncoder(keras.layers.Layer):
     ((2, 64, 16), (2, 16))
     """
 
+    # The config entries that, with the feature layers' weights, decide
+    # `features(images)`: ensembles run and hold encoders equal in these once.
+    FEATURE_CONFIG_KEYS = ("stem_filters", "convs_per_stage", "stem_norm", "backbone_class", "backbone_kwargs",
+                           "backbone_preset", "pixel_scale", "pixel_offset")
+
     def __init__(
         self,
         hidden_dim=128,

@@ -78,6 +78,11 @@ class TextEncoder(keras.layers.Layer):
     ((2, 6, 16), (2, 16))
     """
 
+    # The config entries that, with the feature layers' weights, decide
+    # `features(token_ids)`: ensembles run and hold encoders equal in these once.
+    FEATURE_CONFIG_KEYS = ("vocabulary_size", "sequence_length", "hidden_dim", "num_layers", "num_heads",
+                           "intermediate_dim", "backbone_class", "backbone_kwargs", "backbone_preset")
+
     def __init__(
         self,
         vocabulary_size=None,

@@ -15,63 +15,7 @@ import numpy as np
 from keras import ops
 
 from mmkeras.models.image_captioner import ImageCaptioner
-
-# The configuration entries of `ImageEncoder` that decide `features(images)`.
-_FEATURE_CONFIG_KEYS = ("stem_filters", "convs_per_stage", "stem_norm", "backbone_class", "backbone_kwargs",
-                        "backbone_preset", "pixel_scale", "pixel_offset")
-
-
-def _feature_weights(encoder):
-    layers = [encoder.backbone] if encoder.backbone is not None else list(encoder.stem)
-    return [ops.convert_to_numpy(w) for layer in layers for w in layer.weights]
-
-
-def _same_features(a, b):
-    """Whether image encoders `a` and `b` compute the same `features` (config and weights)."""
-    config_a, config_b = a.get_config(), b.get_config()
-    if any(config_a.get(k) != config_b.get(k) for k in _FEATURE_CONFIG_KEYS):
-        return False
-    weights_a, weights_b = _feature_weights(a), _feature_weights(b)
-    return len(weights_a) == len(weights_b) and all(
-        x.shape == y.shape and np.array_equal(x, y) for x, y in zip(weights_a, weights_b)
-    )
-
-
-def shared_feature_sources(encoders):
-    """For each encoder, the index of the first encoder with the same features.
-
-    Members trained over one frozen preset (e.g. several seeds of
-    `caption_flickr8k_pretrained`) hold identical backbones: the ensemble
-    runs each distinct backbone once and then each member's own projection.
-    Compares configurations and weights, so call it on trained encoders.
-    """
-    sources = []
-    for i, encoder in enumerate(encoders):
-        sources.append(next((j for j in range(i) if sources[j] == j and _same_features(encoders[j], encoder)), i))
-    return sources
-
-
-def _reusing_backbone(encoder, source):
-    """`encoder`, or a copy of it that runs `source`'s backbone layer (the same object).
-
-    Keras saves and TensorFlow exports a layer reachable twice once, so an
-    ensemble whose members share a frozen preset holds it once. A built
-    `encoder` gives a built copy with its weights (its own backbone's equal
-    `source`'s: `shared_feature_sources` checked). Encoders without a
-    backbone (a small stem) are returned as they are.
-    """
-    if encoder.backbone is None or source.backbone is None or encoder.backbone is source.backbone:
-        return encoder
-    config = encoder.get_config()
-    config.update(backbone=source.backbone, backbone_class=None, backbone_kwargs=None, backbone_preset=None)
-    copy = type(encoder).from_config(config)
-    # Where the backbone came from, for the copy's own config.
-    copy.backbone_class, copy.backbone_kwargs, copy.backbone_preset = (
-        encoder.backbone_class, encoder.backbone_kwargs, encoder.backbone_preset)
-    if encoder.built:
-        copy.build_from_config(encoder.get_build_config())
-        copy.set_weights(encoder.get_weights())
-    return copy
+from mmkeras.models.shared_backbones import check_feature_sources, reusing_backbone, shared_feature_sources
 
 
 @keras.saving.register_keras_serializable(package="mmkeras")
@@ -99,15 +43,8 @@ class EnsembleImageEncoder(keras.layers.Layer):
         encoders = list(encoders)
         if len(encoders) < 2:
             raise ValueError(f"An ensemble needs at least 2 image encoders. Received: {len(encoders)}")
-        self.feature_sources = list(range(len(encoders))) if feature_sources is None else [
-            int(s) for s in feature_sources]
-        if len(self.feature_sources) != len(encoders) or any(
-                not 0 <= s <= i or self.feature_sources[s] != s for i, s in enumerate(self.feature_sources)):
-            raise ValueError(
-                "`feature_sources` must give each encoder the index of an earlier (or the same) encoder that "
-                f"computes its own features. Received: {self.feature_sources} for {len(encoders)} encoders"
-            )
-        self.encoders = [_reusing_backbone(e, encoders[s]) for e, s in zip(encoders, self.feature_sources)]
+        self.feature_sources = check_feature_sources(feature_sources, len(encoders))
+        self.encoders = [reusing_backbone(e, encoders[s]) for e, s in zip(encoders, self.feature_sources)]
         self.hidden_dims = [int(e.hidden_dim) for e in self.encoders]
         self.hidden_dim = sum(self.hidden_dims)
 
