@@ -192,6 +192,70 @@ def test_config_round_trip(members):
     assert clone.method == "average" and clone.weights_list == [0.2, 0.5, 0.3] and clone.name == "my_ensemble"
 
 
+
+def test_members_over_one_frozen_tower_run_and_hold_it_once(preprocessor, tmp_path):
+    import keras_hub
+
+    preset_dir = str(tmp_path / "resnet_preset")
+    keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64], stackwise_num_blocks=[1],
+        stackwise_num_strides=[1], block_type="basic_block", use_pre_activation=False, image_shape=(32, 32, 3),
+    ).save_to_preset(preset_dir)
+    bert = {"vocabulary_size": preprocessor.tokenizer.vocabulary_size(), "num_layers": 1, "num_heads": 2,
+            "hidden_dim": 16, "intermediate_dim": 32, "max_sequence_length": 8}
+    models = []
+    for seed, fusion in enumerate(("concat", "gated", "late")):
+        keras.utils.set_random_seed(seed)
+        models.append(build_fusion_classifier(
+            num_classes=len(LABELS), image_size=32, sequence_length=8,
+            vocabulary_size=preprocessor.tokenizer.vocabulary_size(), hidden_dim=16, num_heads=2,
+            intermediate_dim=32, dropout=0.0, fusion=fusion, label_names=LABELS, text_preprocessor=preprocessor,
+            image_encoder_kwargs={"backbone_preset": preset_dir},
+            text_encoder_kwargs={"backbone_class": "BertBackbone", "backbone_kwargs": bert},
+        ))
+    x = batch(preprocessor)
+    for m in models:
+        m(x)
+    # Members 0 and 2 hold one text tower (as two runs over one frozen preset do); member 1 its own.
+    models[2].text_encoder.backbone.set_weights(models[0].text_encoder.backbone.get_weights())
+    expected = np.mean(member_probs(models, x), axis=0)
+    images, texts = jpeg_images(), TEXTS[:3]
+    expected_raw = np.mean([np.asarray(m.probabilities_from_raw(tf.constant(images), tf.constant(texts)))
+                            for m in models], axis=0)
+
+    ensemble = ClassifierEnsemble(models, method="average")
+    assert ensemble.image_feature_sources == [0, 0, 0]
+    assert ensemble.text_feature_sources == [0, 1, 0]
+    image_backbones = {id(m.image_encoder.backbone) for m in ensemble.members}
+    text_backbones = [m.text_encoder.backbone for m in ensemble.members]
+    assert len(image_backbones) == 1
+    assert text_backbones[2] is text_backbones[0] and text_backbones[1] is not text_backbones[0]
+    # The members passed in are untouched; the ensemble holds each shared backbone once.
+    assert models[1].image_encoder.backbone is not models[0].image_encoder.backbone
+    size = lambda layer: sum(int(np.prod(w.shape)) for w in layer.weights)  # noqa: E731
+    shared = 2 * size(models[0].image_encoder.backbone) + size(models[0].text_encoder.backbone)
+    assert ensemble.count_params() == sum(m.count_params() for m in models) - shared
+    np.testing.assert_allclose(np.asarray(ensemble(x)["probabilities"]), expected, atol=1e-6)
+    raw = np.asarray(ensemble.probabilities_from_raw(tf.constant(images), tf.constant(texts)))
+    np.testing.assert_allclose(raw, expected_raw, atol=1e-6)
+
+    path = str(tmp_path / "ensemble.keras")
+    ensemble.save(path)
+    shutil.rmtree(preset_dir)  # the saved ensemble needs no preset folder
+    restored = keras.saving.load_model(path)
+    assert len({id(m.image_encoder.backbone) for m in restored.members}) == 1
+    assert restored.members[2].text_encoder.backbone is restored.members[0].text_encoder.backbone
+    assert restored.count_params() == ensemble.count_params()
+    np.testing.assert_allclose(np.asarray(restored(x)["probabilities"]), expected, atol=1e-6)
+
+
+def test_unbuilt_members_are_never_taken_to_share_features(preprocessor):
+    models = [make(preprocessor, f, seed=i) for i, f in enumerate(FUSIONS[:2])]
+    ensemble = ClassifierEnsemble(models, method="average")
+    assert ensemble.image_feature_sources == [0, 1] and ensemble.text_feature_sources == [0, 1]
+    with pytest.raises(ValueError, match="text_feature_sources.*Received: text_feature_sources=\\[1, 1\\]"):
+        ClassifierEnsemble(models, text_feature_sources=[1, 1])
+
 def fitted_stacking(members):
     stacking = ClassifierEnsemble(members, method="stacking")
     rng = np.random.default_rng(0)
@@ -302,6 +366,9 @@ def test_ensemble_cli_stacks_trained_runs_and_exports(tmp_path):
     assert metrics["method"] == "stacking" and len(metrics["members"]) == 2
     assert metrics["accuracy_ci_low"] <= metrics["accuracy"] <= metrics["accuracy_ci_high"]
     assert len(metrics["member_accuracies"]) == 2 and metrics["num_validation_examples"] > 0
+    # One pass over the test split for every member gives each member's own evaluation.
+    for run_dir, accuracy in zip(runs.values(), metrics["member_accuracies"]):
+        assert accuracy == pytest.approx(json.loads((run_dir / "eval_metrics.json").read_text())["accuracy"], abs=1e-6)
     assert (model_dir / "classification_report.txt").read_text().strip()
     assert (model_dir / "model.keras").exists()
     assert (export_dir / "classifier_ensemble" / "1" / "saved_model.pb").exists()

@@ -173,23 +173,57 @@ def _member_view(task, model):
     return view
 
 
-def member_probabilities(task, models, records, image_present=1.0, text_present=1.0):
-    """Each member's probabilities `(n, num_classes)` of `records` (task.predict), as a list."""
-    return [_member_view(task, m).predict(m, records, image_present, text_present) for m in models]
+def member_probabilities(task, models, records):
+    """Each member's probabilities `(n, num_classes)` of `records`, as a list."""
+    return member_predictions(task, models, records, ablation=False)["full"]
 
 
 def member_predictions(task, models, records, ablation=True):
     """`{"full": [...], "image_only": [...], "text_only": [...]}` member probabilities of `records`.
 
     The ablation entries (one modality blanked, as the classify task's
-    evaluation) are left out when `ablation` is False.
+    evaluation) are left out when `ablation` is False. Members with the same
+    preprocessing read the records in one pass; members over one frozen
+    tower share its features (`mmkeras.models.shared_backbones`), computed
+    once per batch for every entry.
     """
+    import numpy as np
+    import tensorflow as tf
+
+    from mmkeras.models.shared_backbones import preprocessing_key, shared_feature_sources, tower_features
     from training.tasks.classify import ABLATIONS
 
-    predictions = {"full": member_probabilities(task, models, records)}
-    if ablation:
-        for name, (image_present, text_present) in ABLATIONS.items():
-            predictions[name] = member_probabilities(task, models, records, image_present, text_present)
+    settings = {"full": (1.0, 1.0), **(ABLATIONS if ablation else {})}
+    groups = {}
+    for index, model in enumerate(models):
+        groups.setdefault(preprocessing_key(model), []).append(index)
+    predictions = {name: [None] * len(models) for name in settings}
+    for indices in groups.values():
+        group = [models[i] for i in indices]
+        image_sources = shared_feature_sources([m.image_encoder for m in group])
+        text_sources = shared_feature_sources([m.text_encoder for m in group])
+
+        def probabilities(x, group=group, image_sources=image_sources, text_sources=text_sources):
+            features = tower_features(group, [x] * len(group), image_sources, text_sources)
+            batch = tf.shape(x["token_ids"])[0]
+            outputs = {}
+            for name, (image_present, text_present) in settings.items():
+                presence = {"image_present": tf.fill([batch], image_present),
+                            "text_present": tf.fill([batch], text_present)}
+                outputs[name] = [m.probabilities(m({**x, **f, **presence}, training=False)["logits"])
+                                 for m, f in zip(group, features)]
+            return outputs
+
+        function = tf.function(probabilities, reduce_retracing=True)
+        view = _member_view(task, group[0])
+        parts = {name: [[] for _ in group] for name in settings}
+        for x, _ in view.dataset(records, task.cfg.eval.batch_size, training=False):
+            for name, member_outputs in function(x).items():
+                for part, output in zip(parts[name], member_outputs):
+                    part.append(output.numpy())
+        for name in settings:
+            for i, part in zip(indices, parts[name]):
+                predictions[name][i] = np.concatenate(part, axis=0)
     return predictions
 
 

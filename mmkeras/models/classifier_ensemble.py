@@ -4,6 +4,14 @@ import keras
 import numpy as np
 from keras import ops
 
+from mmkeras.models.shared_backbones import (
+    check_feature_sources,
+    preprocessing_key,
+    reusing_backbone,
+    shared_feature_sources,
+    tower_features,
+)
+
 ENSEMBLE_METHODS = ("vote", "average", "stacking")
 
 
@@ -28,11 +36,24 @@ class ClassifierEnsemble(keras.Model):
     `call` feeds one preprocessed input dict to every member, for members
     that share preprocessing (same data and config, different fusion).
 
+    Members over one frozen preset (e.g. several fusions over a frozen
+    EfficientNet and MiniLM) have identical image or text towers: the
+    ensemble runs each distinct tower once per input (and each distinct
+    preprocessing once) and holds its backbone once, in memory, in the
+    `.keras` file and in the export. For that it keeps copies of such
+    members around the first one's backbone (same weights, same outputs);
+    the members passed in are left as they are.
+
     Args:
         members: list of trained classifiers with the same `label_names` and
             `multi_label`.
         method: one of `ENSEMBLE_METHODS`.
         weights: optional member weights for `average` (>= 0, not all 0).
+        image_feature_sources / text_feature_sources: optional lists, for
+            each member the index of the member whose image (text) tower
+            computes its features (`shared_feature_sources`); default:
+            found by comparing the members' configs and weights, so pass
+            trained (built) members.
         **kwargs: base model arguments.
 
     Call arguments:
@@ -48,7 +69,8 @@ class ClassifierEnsemble(keras.Model):
     >>> # ensemble.probabilities_from_raw(jpeg_bytes, questions)
     """
 
-    def __init__(self, members, method="average", weights=None, **kwargs):
+    def __init__(self, members, method="average", weights=None, image_feature_sources=None,
+                 text_feature_sources=None, **kwargs):
         super().__init__(**kwargs)
         members = [keras.layers.deserialize(m) if isinstance(m, dict) else m for m in members]
         if len(members) < 2:
@@ -69,6 +91,18 @@ class ClassifierEnsemble(keras.Model):
                 raise ValueError(
                     f"`weights` must be {len(members)} non-negative numbers, not all 0. Received: weights={weights}"
                 )
+        if image_feature_sources is None:
+            image_feature_sources = shared_feature_sources([m.image_encoder for m in members])
+        if text_feature_sources is None:
+            text_feature_sources = shared_feature_sources([m.text_encoder for m in members])
+        self.image_feature_sources = check_feature_sources(
+            image_feature_sources, len(members), "image_feature_sources")
+        self.text_feature_sources = check_feature_sources(text_feature_sources, len(members), "text_feature_sources")
+        members = [
+            _reusing_backbones(member, members[image_source].image_encoder, members[text_source].text_encoder)
+            for member, image_source, text_source in zip(
+                members, self.image_feature_sources, self.text_feature_sources)
+        ]
         self.members = members
         self.method = method
         self.weights_list = weights
@@ -112,7 +146,10 @@ class ClassifierEnsemble(keras.Model):
             earlier = members[first]["config"].get(first_attribute)
             if isinstance(later, dict) and isinstance(earlier, dict) and "shared_object_id" in later:
                 earlier["shared_object_id"] = later["shared_object_id"]
-        config.update({"members": members, "method": self.method, "weights": self.weights_list})
+        config.update({
+            "members": members, "method": self.method, "weights": self.weights_list,
+            "image_feature_sources": self.image_feature_sources, "text_feature_sources": self.text_feature_sources,
+        })
         return config
 
     def combine(self, member_probabilities):
@@ -137,14 +174,24 @@ class ClassifierEnsemble(keras.Model):
         return ops.sigmoid(logits) if self.multi_label else ops.softmax(logits, axis=-1)
 
     def call(self, inputs, training=None):
-        member_probabilities = [
-            m.probabilities(m(inputs, training=False)["logits"]) for m in self.members
-        ]
-        return {"probabilities": self.combine(member_probabilities)}
+        return {"probabilities": self.combine(self._member_probabilities([inputs] * len(self.members)))}
 
     def probabilities_from_raw(self, images, texts):
         """Probabilities of encoded images and strings, each member with its own preprocessing."""
-        return self.combine([m.probabilities_from_raw(images, texts) for m in self.members])
+        preprocessed, member_inputs = {}, []
+        for member in self.members:
+            # Members with the same image size and text preprocessing share one pass of it.
+            key = preprocessing_key(member)
+            if key not in preprocessed:
+                preprocessed[key] = member.preprocess(images, texts)
+            member_inputs.append(preprocessed[key])
+        return self.combine(self._member_probabilities(member_inputs))
+
+    def _member_probabilities(self, member_inputs):
+        """Each member's probabilities of its input dict, each distinct tower run once per distinct input."""
+        features = tower_features(self.members, member_inputs, self.image_feature_sources, self.text_feature_sources)
+        return [m.probabilities(m({**inputs, **f}, training=False)["logits"])
+                for m, inputs, f in zip(self.members, member_inputs, features)]
 
     def decisions(self, probabilities):
         """Class ids `(batch,)`, or multi-hot int `(batch, C)` (vote shares > 0.5,
@@ -195,6 +242,24 @@ class ClassifierEnsemble(keras.Model):
         # (~80 ms an epoch on 2 CPU cores: 300 epochs took ~25 s).
         trainer.fit(_RepeatedBatch(features, targets, epochs), epochs=1, verbose=0)
         return float(trainer.evaluate(features, targets, batch_size=len(features), verbose=0))
+
+
+def _reusing_backbones(member, image_source, text_source):
+    """`member`, or a copy of it whose encoders run the backbones of `image_source` / `text_source`.
+
+    The copy has `member`'s weights and computes what it does (the sources'
+    features equal `member`'s own: `shared_feature_sources` checked).
+    """
+    image_encoder = reusing_backbone(member.image_encoder, image_source)
+    text_encoder = reusing_backbone(member.text_encoder, text_source)
+    if image_encoder is member.image_encoder and text_encoder is member.text_encoder:
+        return member
+    config = member.get_config()
+    config.update(image_encoder=image_encoder, text_encoder=text_encoder, text_preprocessor=member.text_preprocessor)
+    copy = type(member).from_config(config)
+    copy.build_from_config(member.get_build_config())
+    copy.set_weights(member.get_weights())
+    return copy
 
 
 def _shared_sublayers(members):
