@@ -32,7 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags  # noqa: E402
 
-flags.DEFINE_list("members", [], "Run directories of trained captioners (config.json, model.keras); at least 2.")
+flags.DEFINE_list("members", [], "Run directories of trained captioners or classifiers (config.json, model.keras); at least 2.")
 flags.DEFINE_enum("method", "average", ["vote", "average", "stacking"],
                   "Classifier members: how the ensemble combines them (stacking: an unfitted meta-classifier, "
                   "which costs what a fitted one does).")

@@ -88,12 +88,15 @@ def reusing_backbone(encoder, source):
 def preprocessing_key(model):
     """What decides an image+text model's inputs from raw ones: its image size and text preprocessing.
 
-    Models with equal keys read the same preprocessed inputs.
+    Models with equal keys read the same preprocessed inputs. The layer's
+    name is left out: two loaded models may number the same preprocessing
+    differently.
     """
-    preprocessor = model.text_preprocessor
-    text = None if preprocessor is None else json.dumps(keras.layers.serialize(preprocessor), sort_keys=True,
-                                                         default=str)
-    return model.image_size, text
+    if model.text_preprocessor is None:
+        return model.image_size, None
+    config = keras.layers.serialize(model.text_preprocessor)
+    config["config"] = {k: v for k, v in config["config"].items() if k != "name"}
+    return model.image_size, json.dumps(config, sort_keys=True, default=str)
 
 
 def tower_features(models, model_inputs, image_sources, text_sources):
