@@ -91,9 +91,15 @@ def apply_trainable(encoder, value, where="trainable"):
 
 
 def is_frozen(encoder):
-    """True when no weight of the encoder's feature-extractor blocks trains."""
+    """True when no weight of the encoder's feature-extractor blocks trains.
+
+    A built layer trains if it has trainable weights (a weightless one never
+    does, whatever its flag: reloaded models do not record it); an unbuilt
+    one, which has no weights yet, if its flag says so.
+    """
     blocks = feature_blocks(encoder)
-    return bool(blocks) and not any(layer.trainable_weights for block in blocks for layer in block)
+    return bool(blocks) and not any(
+        layer.trainable_weights if layer.built else layer.trainable for block in blocks for layer in block)
 
 
 def image_feature_extractor(image_encoder, data_cfg):
