@@ -135,13 +135,14 @@ def set_trainable(layer, trainable):
 
 
 def frozen_layer_names(layers):
-    """Names of `layers` that hold weights and do not train, for an encoder's `frozen_layers` config entry.
+    """Names of `layers` that do not train, for an encoder's `frozen_layers` config entry.
 
-    Weightless layers have nothing to freeze and are left out: their names may
-    be Keras' numbered defaults (a functional backbone's `input_layer_3`),
-    which differ in a backbone built again from its class or preset.
+    Built layers without weights have nothing to freeze and are left out:
+    their names may be Keras' numbered defaults (a functional backbone's
+    `input_layer_3`), which differ in a backbone built again from its class
+    or preset. Unbuilt layers (no weights yet) are named by their flag.
     """
-    return [layer.name for layer in layers if layer.weights and not layer.trainable]
+    return [layer.name for layer in layers if (layer.weights or not layer.built) and not layer.trainable]
 
 
 def freeze_layers(layers, names, owner):
