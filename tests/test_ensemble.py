@@ -192,7 +192,6 @@ def test_config_round_trip(members):
     assert clone.method == "average" and clone.weights_list == [0.2, 0.5, 0.3] and clone.name == "my_ensemble"
 
 
-
 def test_members_over_one_frozen_tower_run_and_hold_it_once(preprocessor, tmp_path):
     import keras_hub
 
@@ -255,6 +254,7 @@ def test_unbuilt_members_are_never_taken_to_share_features(preprocessor):
     assert ensemble.image_feature_sources == [0, 1] and ensemble.text_feature_sources == [0, 1]
     with pytest.raises(ValueError, match="text_feature_sources.*Received: text_feature_sources=\\[1, 1\\]"):
         ClassifierEnsemble(models, text_feature_sources=[1, 1])
+
 
 def fitted_stacking(members):
     stacking = ClassifierEnsemble(members, method="stacking")
