@@ -17,9 +17,10 @@ every method is evaluated on the test split with the metrics of the classify
 task, including the modality ablation (the members' image-only / text-only
 probabilities, combined). Writes `classification_report.txt`. Members over
 one frozen preset (identical image or text towers) share it: the evaluation
-reads the data once per distinct preprocessing, computes each tower once per batch for every member
-and ablation, and the saved and exported ensemble holds it once
-(`mmkeras.models.shared_backbones`; captioner ensembles likewise).
+reads the data once per distinct preprocessing and computes each tower once
+per batch for every member and ablation, and the saved and exported
+ensemble holds it once (`mmkeras.models.shared_backbones`; captioner
+ensembles likewise).
 
 Captioners: `average` only: at every decoding step the ensemble's next-word
 distribution is the (weighted) mean of the members' (`mmkeras.models.
