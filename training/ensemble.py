@@ -192,7 +192,6 @@ def member_predictions(task, models, records, ablation=True):
     tower share its features (`mmkeras.models.shared_backbones`), computed
     once per batch for every entry.
     """
-    import numpy as np
     import tensorflow as tf
 
     from mmkeras.models.shared_backbones import preprocessing_key, shared_feature_sources, tower_features
