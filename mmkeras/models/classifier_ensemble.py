@@ -6,6 +6,7 @@ from keras import ops
 
 from mmkeras.models.shared_backbones import (
     check_feature_sources,
+    copy_with,
     preprocessing_key,
     reusing_backbone,
     shared_feature_sources,
@@ -254,12 +255,8 @@ def _reusing_backbones(member, image_source, text_source):
     text_encoder = reusing_backbone(member.text_encoder, text_source)
     if image_encoder is member.image_encoder and text_encoder is member.text_encoder:
         return member
-    config = member.get_config()
-    config.update(image_encoder=image_encoder, text_encoder=text_encoder, text_preprocessor=member.text_preprocessor)
-    copy = type(member).from_config(config)
-    copy.build_from_config(member.get_build_config())
-    copy.set_weights(member.get_weights())
-    return copy
+    return copy_with(member, image_encoder=image_encoder, text_encoder=text_encoder,
+                     text_preprocessor=member.text_preprocessor)
 
 
 def _shared_sublayers(members):

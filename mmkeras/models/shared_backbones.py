@@ -73,15 +73,26 @@ def reusing_backbone(encoder, source):
     """
     if encoder.backbone is None or source.backbone is None or encoder.backbone is source.backbone:
         return encoder
-    config = encoder.get_config()
-    config.update(backbone=source.backbone, backbone_class=None, backbone_kwargs=None, backbone_preset=None)
-    copy = type(encoder).from_config(config)
+    copy = copy_with(encoder, backbone=source.backbone, backbone_class=None, backbone_kwargs=None,
+                     backbone_preset=None)
     # Where the backbone came from, for the copy's own config.
     copy.backbone_class, copy.backbone_kwargs, copy.backbone_preset = (
         encoder.backbone_class, encoder.backbone_kwargs, encoder.backbone_preset)
-    if encoder.built:
-        copy.build_from_config(encoder.get_build_config())
-        copy.set_weights(encoder.get_weights())
+    return copy
+
+
+def copy_with(layer, **config_changes):
+    """A copy of `layer` from its config with `config_changes` (which may be layer objects to reuse).
+
+    A built `layer` gives a built copy holding its weights (the reused
+    layers' included: they must equal `layer`'s own).
+    """
+    config = layer.get_config()
+    config.update(config_changes)
+    copy = type(layer).from_config(config)
+    if layer.built:
+        copy.build_from_config(layer.get_build_config())
+        copy.set_weights(layer.get_weights())
     return copy
 
 
