@@ -13,6 +13,7 @@ from mmkeras.data.tokenizer import build_tokenizer, learn_vocabulary
 from mmkeras.models import EnsembleImageEncoder, build_captioner_ensemble
 from mmkeras.models.caption_search import sequence_scores
 from mmkeras.models.shared_backbones import shared_feature_sources
+from tests.backbone_fixtures import save_tiny_resnet_preset
 from tests.test_export import serve_in_fresh_process
 from tests.test_image_captioner import CAPTIONS, batch, tiny_captioner
 
@@ -116,16 +117,10 @@ def test_save_and_load_keep_the_ensemble(tokenizer, members, tmp_path):
 def test_members_over_one_preset_hold_and_save_its_backbone_once(tokenizer, tmp_path):
     import shutil
 
-    import keras_hub
-
     from mmkeras.data.tokenizer import special_token_ids
     from mmkeras.models import build_image_captioner
 
-    preset_dir = str(tmp_path / "resnet_preset")
-    keras_hub.models.ResNetBackbone(
-        input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64], stackwise_num_blocks=[1],
-        stackwise_num_strides=[1], block_type="basic_block", use_pre_activation=False, image_shape=(32, 32, 3),
-    ).save_to_preset(preset_dir)
+    preset_dir = save_tiny_resnet_preset(tmp_path / "resnet_preset", 32)
     ids = special_token_ids(tokenizer)
     members = []
     for seed in (0, 1):

@@ -15,6 +15,7 @@ import tensorflow as tf
 from mmkeras.data.text_preprocessor import text_preprocessor_from_vocabulary
 from mmkeras.data.tokenizer import learn_vocabulary
 from mmkeras.models import ClassifierEnsemble, build_fusion_classifier
+from tests.backbone_fixtures import save_tiny_resnet_preset
 from training import ensemble as ensemble_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -193,13 +194,7 @@ def test_config_round_trip(members):
 
 
 def test_members_over_one_frozen_tower_run_and_hold_it_once(preprocessor, tmp_path):
-    import keras_hub
-
-    preset_dir = str(tmp_path / "resnet_preset")
-    keras_hub.models.ResNetBackbone(
-        input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64], stackwise_num_blocks=[1],
-        stackwise_num_strides=[1], block_type="basic_block", use_pre_activation=False, image_shape=(32, 32, 3),
-    ).save_to_preset(preset_dir)
+    preset_dir = save_tiny_resnet_preset(tmp_path / "resnet_preset", 32)
     bert = {"vocabulary_size": preprocessor.tokenizer.vocabulary_size(), "num_layers": 1, "num_heads": 2,
             "hidden_dim": 16, "intermediate_dim": 32, "max_sequence_length": 8}
     models = []

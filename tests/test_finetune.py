@@ -6,6 +6,7 @@ import pytest
 
 from mmkeras.layers import ImageEncoder
 from mmkeras.layers.text_encoder import TextEncoder
+from tests.backbone_fixtures import tiny_resnet_kwargs
 from training import finetune
 
 
@@ -42,10 +43,7 @@ def test_none_freezes_the_feature_extractor_but_not_the_projection(make):
 def hub_image_encoder():
     import keras_hub
 
-    backbone = keras_hub.models.ResNetBackbone(
-        input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 64],
-        stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 1], block_type="basic_block",
-        use_pre_activation=False, image_shape=(16, 16, 3))
+    backbone = keras_hub.models.ResNetBackbone(**tiny_resnet_kwargs(16, stackwise_num_filters=(64, 64)))
     encoder = ImageEncoder(hidden_dim=8, backbone=backbone)
     encoder.build((None, 16, 16, 3))
     return encoder
@@ -63,9 +61,7 @@ def hub_text_encoder():
 
 def hub_image_encoder_by_class():
     """A backbone built from its class: at every build its input layer gets a new numbered name."""
-    kwargs = dict(input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 64],
-                  stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 1], block_type="basic_block",
-                  use_pre_activation=False, image_shape=(16, 16, 3))
+    kwargs = tiny_resnet_kwargs(16, stackwise_num_filters=(64, 64))
     encoder = ImageEncoder(hidden_dim=8, backbone_class="ResNetBackbone", backbone_kwargs=kwargs)
     encoder.build((None, 16, 16, 3))
     return encoder

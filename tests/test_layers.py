@@ -3,6 +3,7 @@ import pytest
 from keras import ops
 
 from mmkeras.layers import CrossModalAttention, ImageEncoder, TextDecoder, TextDecoderBlock, TextEncoder
+from tests.backbone_fixtures import save_tiny_resnet_preset, tiny_resnet_kwargs
 from tests.layer_harness import run_config_round_trip, run_layer_checks, run_save_load
 
 RNG = np.random.default_rng(0)
@@ -86,11 +87,7 @@ def test_image_encoder_tokens_depend_on_position():
 def test_image_encoder_keras_hub_backbone_by_class_and_preset(tmp_path):
     import keras_hub
 
-    kwargs = dict(
-        input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 32],
-        stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="basic_block",
-        use_pre_activation=False, image_shape=(32, 32, 3),
-    )
+    kwargs = tiny_resnet_kwargs(32, stackwise_num_filters=(64, 32), stackwise_num_strides=(1, 2))
     images = RNG.uniform(0, 255, size=(2, 32, 32, 3)).astype("float32")
     by_class = ImageEncoder(hidden_dim=16, backbone_class="ResNetBackbone", backbone_kwargs=kwargs)
     out = by_class(images)
@@ -112,11 +109,7 @@ def test_image_encoder_keras_hub_backbone_by_class_and_preset(tmp_path):
 def test_image_encoder_takes_pixel_scaling_from_preset_and_checks_kind(tmp_path):
     import keras_hub
 
-    kwargs = dict(input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64],
-                  stackwise_num_blocks=[1], stackwise_num_strides=[1], block_type="basic_block",
-                  use_pre_activation=False, image_shape=(16, 16, 3))
-    preset_dir = str(tmp_path / "resnet_preset")
-    keras_hub.models.ResNetBackbone(**kwargs).save_to_preset(preset_dir)
+    preset_dir = save_tiny_resnet_preset(tmp_path / "resnet_preset", 16)
     assert ImageEncoder(hidden_dim=8, backbone_preset=preset_dir).pixel_scale == 1.0 / 255.0
     # An image converter in the preset (EfficientNet-Lite0's: [-1, 1]) wins.
     keras_hub.layers.ResNetImageConverter(scale=1.0 / 127.5, offset=-1.0).save_to_preset(preset_dir)

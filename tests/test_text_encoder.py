@@ -9,6 +9,7 @@ from keras import ops
 
 from mmkeras.layers.image_encoder import ImageEncoder
 from mmkeras.layers.text_encoder import TextEncoder
+from tests.backbone_fixtures import save_tiny_resnet_preset
 from tests.layer_harness import run_config_round_trip, run_layer_checks, run_save_load
 
 RNG = np.random.default_rng(0)
@@ -150,11 +151,7 @@ def test_text_encoder_from_preset_reloads_without_preset_folder(tmp_path):
 
 def test_image_encoder_from_preset_reloads_without_preset_folder(tmp_path):
     # Same fix in ImageEncoder (kept here with the shared helpers' test).
-    kwargs = dict(input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64],
-                  stackwise_num_blocks=[1], stackwise_num_strides=[1], block_type="basic_block",
-                  use_pre_activation=False, image_shape=(16, 16, 3))
-    preset_dir = str(tmp_path / "resnet_preset")
-    keras_hub.models.ResNetBackbone(**kwargs).save_to_preset(preset_dir)
+    preset_dir = save_tiny_resnet_preset(tmp_path / "resnet_preset", 16)
     images = keras.Input((16, 16, 3))
     model = keras.Model(images, ImageEncoder(hidden_dim=8, backbone_preset=preset_dir)(images))
     x = RNG.uniform(0, 255, size=(2, 16, 16, 3)).astype("float32")
