@@ -75,3 +75,14 @@ def test_vqa_experiments_are_classify_experiments_with_another_task():
     assert dataclasses.replace(named_experiments.get_experiment("vqa_tiny"), task="classify") == (
         named_experiments.get_experiment("classify_tiny")
     )
+
+
+def test_differences_lists_changed_fields_by_path():
+    cfg = named_experiments.get_experiment("caption_tiny")
+    changed = config_lib.override(cfg, ["model.hidden_dim=48", "model.image_encoder.trainable=none"])
+    old, new = json.loads(config_lib.to_json(cfg)), json.loads(config_lib.to_json(changed))
+    assert config_lib.differences(old, new) == ['model.hidden_dim: 32 -> 48',
+                                                'model.image_encoder.trainable: "all" -> "none"']
+    assert config_lib.differences(old, old) == []
+    del old["train"]["seed"]  # written by a version without the field
+    assert config_lib.differences(old, new)[-1] == 'train.seed: (missing) -> 0'

@@ -124,6 +124,32 @@ def test_unknown_fusion_and_fusion_for_captions_are_clear_errors(tmp_path):
     assert proc.returncode != 0 and "--fusion applies to" in proc.stderr
 
 
+def test_resuming_with_other_settings_names_them_and_keeps_the_run(tmp_path):
+    model_dir = tmp_path / "run"
+    flags = ("--experiment=caption_tiny", f"--model_dir={model_dir}", "--export_dir=", "--verbose=0",
+             "--report=false", "--set=eval.max_images=4", "--set=eval.num_samples=0",
+             "--set=caption.eval_beam=false")
+    proc = run_train(*flags, "--max_steps=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()}
+    assert {"config.json", "vocabulary.txt", "data_report.json", "eval_metrics.json"} <= set(files)
+
+    # Another decoder width and another vocabulary (the data step rewrites
+    # vocabulary.txt before the checkpoint is read).
+    proc = run_train(*flags, "--max_steps=6", "--set=model.hidden_dim=48", "--set=caption.vocabulary=wordpiece")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    error = proc.stderr[proc.stderr.index("error:"):]
+    assert "ckpt-3" in error and "model.hidden_dim: 32 -> 48" in error and "--model_dir" in error
+    assert 'caption.vocabulary: "word" -> "wordpiece"' in error
+    # The directory still describes the run its checkpoints belong to.
+    assert {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()} == files
+
+    proc = run_train(*flags, "--max_steps=6")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((model_dir / "eval_metrics.json").read_text())["train_steps"] == 6
+
+
 def write_classification_manifest(tmp_path, test_label="red"):
     rng = np.random.default_rng(0)
     rows = ["image,text,label,split"]

@@ -322,6 +322,26 @@ def to_json(config):
     return json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
 
 
+def differences(old, new, prefix=""):
+    """`["model.hidden_dim: 32 -> 48", ...]`: the fields of two `to_json` dicts that differ.
+
+    A field only one side has (a config written by another mmkeras version)
+    shows as missing on the other.
+    """
+    def shown(values, key):
+        return json.dumps(values[key]) if key in values else "(missing)"
+
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        path = f"{prefix}{key}"
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed.extend(differences(a, b, f"{path}."))
+        elif a != b or (key in old) != (key in new):
+            changed.append(f"{path}: {shown(old, key)} -> {shown(new, key)}")
+    return changed
+
+
 def from_dict(cls, values):
     """Rebuilds a config dataclass from `dataclasses.asdict` output."""
     kwargs = {}

@@ -11,9 +11,11 @@ budget, early stopping with the best weights restored), evaluate into
 `eval_metrics.json`, save `model.keras` and export.
 """
 
+import json
 import os
 
 import keras
+import tensorflow as tf
 from absl import logging
 
 from training import config as config_lib
@@ -172,6 +174,50 @@ def train_model(task, model, cfg, model_dir, strategy, verbose=1, restore_dir=No
     return outcome, best_step
 
 
+# Files under this size at the top of a model directory (config, vocabulary,
+# labels, data and cross-validation reports) are what a run writes before it
+# resumes its checkpoint; weights and logs are larger or come later.
+_SMALL_FILE_BYTES = 4 << 20
+
+
+def _small_files(model_dir):
+    """`{name: bytes}` of the small files at the top of `model_dir`."""
+    files = {}
+    for name in os.listdir(model_dir):
+        path = os.path.join(model_dir, name)
+        if os.path.isfile(path) and os.path.getsize(path) < _SMALL_FILE_BYTES:
+            with open(path, "rb") as f:
+                files[name] = f.read()
+    return files
+
+
+def _put_back(model_dir, files):
+    """Leaves `model_dir`'s small files as `_small_files` found them."""
+    for name in set(_small_files(model_dir)) - set(files):
+        os.remove(os.path.join(model_dir, name))
+    for name, content in files.items():
+        with open(os.path.join(model_dir, name), "wb") as f:
+            f.write(content)
+
+
+def _resume_error(error, cfg, config_path, previous_config):
+    """`error` (a checkpoint this run cannot resume), saying which settings this command changed."""
+    message = f"{error}."
+    try:
+        changed = config_lib.differences(json.loads(previous_config), json.loads(config_lib.to_json(cfg)))
+    except (TypeError, ValueError):  # no config.json, or not JSON
+        changed = None
+    if changed:
+        shown = "; ".join(changed[:10]) + ("; ..." if len(changed) > 10 else "")
+        message += f" This command's settings differ from the ones in {config_path}: {shown}."
+    elif changed is not None:
+        message += f" The settings are those of {config_path}: the checkpoint was written by other code."
+    return loop.CheckpointMismatch(
+        message + " Rerun with the settings the run was trained with to resume it, or give a new "
+        "--model_dir to start another run (the run in this directory is left as it was)."
+    )
+
+
 def run(cfg, model_dir, export_dir, strategy, verbose=1, restore_dir=None):
     """Trains, evaluates and exports `cfg.task`; returns a dict of results.
 
@@ -185,8 +231,13 @@ def run(cfg, model_dir, export_dir, strategy, verbose=1, restore_dir=None):
         "task": Task}`.
     """
     os.makedirs(model_dir, exist_ok=True)
+    config_path = os.path.join(model_dir, "config.json")
+    # A run to resume: its config, vocabulary and reports describe its
+    # checkpoints and are put back if this command's model does not fit them.
+    resumed_files = _small_files(model_dir) if tf.train.latest_checkpoint(
+        os.path.join(model_dir, "checkpoints")) else None
     # Written before training starts, so a crashed run still says what it was.
-    with open(os.path.join(model_dir, "config.json"), "w") as f:
+    with open(config_path, "w") as f:
         f.write(config_lib.to_json(cfg))
     keras.utils.set_random_seed(cfg.train.seed)
     task = get_task(cfg.task)(cfg, model_dir)
@@ -194,7 +245,13 @@ def run(cfg, model_dir, export_dir, strategy, verbose=1, restore_dir=None):
     task.prepare(strategy)
 
     model = build_compiled_model(task, cfg, strategy)
-    outcome, best_step = train_model(task, model, cfg, model_dir, strategy, verbose, restore_dir)
+    try:
+        outcome, best_step = train_model(task, model, cfg, model_dir, strategy, verbose, restore_dir)
+    except loop.CheckpointMismatch as e:
+        if resumed_files is None:
+            raise
+        _put_back(model_dir, resumed_files)
+        raise _resume_error(e, cfg, config_path, resumed_files.get("config.json")) from e
 
     results = task.evaluate(model, strategy)
     results.update(train_steps=outcome.steps, train_seconds=round(outcome.seconds, 1))

@@ -40,6 +40,10 @@ class Preempted(Exception):
     """Training stopped on SIGTERM after saving a checkpoint; rerun to resume."""
 
 
+class CheckpointMismatch(ValueError):
+    """The checkpoint to resume from was written for another model or optimizer; the message names it."""
+
+
 @dataclasses.dataclass
 class LoopResult:
     """What `train` did.
@@ -260,7 +264,15 @@ def train(
     resumed_from = None
     latest = tf.train.latest_checkpoint(restore_dir)
     if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
+        try:
+            checkpoint.restore(latest).assert_existing_objects_matched()
+        except (AssertionError, ValueError) as e:
+            # A variable of another shape, or one the model does not have:
+            # the run in that directory had other settings (sizes, vocabulary,
+            # trainable layers). Nothing has been written yet.
+            detail = str(e).strip().splitlines()[0][:300].rstrip(".")
+            raise CheckpointMismatch(f"cannot resume from {latest}: it was written for another model "
+                                     f"or set of trainable weights ({detail})") from e
         resumed_from = int(step_var.numpy())
         logging.info("Resumed from step %d", resumed_from)
     step = int(step_var.numpy())

@@ -18,7 +18,10 @@ and predictions.jsonl for classifiers); then exports a SavedModel to
 <export_dir>/<model_name>/<version>/, and writes report.html (--report).
 
 Rerunning the same command resumes from the last checkpoint in --model_dir
-("Resumed from step N") and trains to the planned number of steps. Several
+("Resumed from step N") and trains to the planned number of steps; a rerun
+whose model does not fit the checkpoint (other sizes, vocabulary or trainable
+layers) is refused with the settings that differ, and the run is left as it
+was. Several
 devices or machines: --strategy=mirrored|multi_worker (docs/multi_worker.md).
 """
 
@@ -183,7 +186,7 @@ def main(argv):
                 cfg, dirs.model_dir, dirs.export_dir, strategy, verbose=FLAGS.verbose,
                 restore_dir=dirs.checkpoint_read_dir,
             )
-        except ConfigError as e:
+        except (ConfigError, loop.CheckpointMismatch) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         except DataError as e:
