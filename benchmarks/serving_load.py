@@ -16,7 +16,7 @@ Bars: gRPC p50 within 1.5x of in-process p50; batching >= 2x the throughput
 without batching at concurrency 16.
 
     python benchmarks/serving_load.py --toy
-    python benchmarks/serving_load.py --model_base_path=saved_models/captioner \
+    python benchmarks/serving_load.py --model_base_path=saved_models/captioner \\
         --model_name=captioner
 
 Ends with exactly one JSON line.

@@ -28,7 +28,7 @@ run stands beside the peak with good traffic only.
 
     python benchmarks/serving_robustness.py                   # a tiny captioner exported here
     python benchmarks/serving_robustness.py --requests=500 --concurrency=32
-    python benchmarks/serving_robustness.py --model_base_path=saved_models/captioner \
+    python benchmarks/serving_robustness.py --model_base_path=saved_models/captioner \\
         --model_name=captioner
 
 An export without the `max_pixels` guard (one from before `serving.export`

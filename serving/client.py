@@ -15,7 +15,7 @@ Example:
 
 Command line (one result line per input; see `serving/client_cli.py`):
 
-    python -m serving.client --server=localhost:8500 --model=captioner \
+    python -m serving.client --server=localhost:8500 --model=captioner \\
         --image=a.jpg --image=b.jpg
     a.jpg<TAB>a dog runs on the grass<TAB>0.8123
 

@@ -2,7 +2,7 @@
 
 One result line per input, tab-separated:
 
-    python -m serving.client --server=localhost:8500 --model=captioner \
+    python -m serving.client --server=localhost:8500 --model=captioner \\
         --image=a.jpg --image=b.jpg
     a.jpg<TAB>a dog runs on the grass<TAB>0.8123
 

@@ -35,3 +35,26 @@ def test_docstring_examples(name):
 
 def test_the_modules_with_examples_exist():
     assert WITH_EXAMPLES <= set(MODULES)
+
+
+def test_command_examples_keep_their_line_continuations():
+    """A shell `\\` at a line's end inside a plain (non-raw) string literal joins the
+    lines in the text that `--help` prints; such literals must write `\\\\`."""
+    import pathlib
+    import re
+    import tokenize
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    joined = []
+    for path in sorted(p for d in ("mmkeras", "training", "serving", "benchmarks") for p in (root / d).rglob("*.py")):
+        with open(path, encoding="utf-8") as f:
+            for token in tokenize.generate_tokens(f.readline):
+                prefix = re.match(r"[a-zA-Z]*", token.string).group()
+                if token.type != tokenize.STRING or "r" in prefix.lower():
+                    continue
+                body = token.string[len(prefix):].replace("\\\\", "")
+                # `"""\` right after the opening quotes deliberately starts the text on the next line.
+                quotes = 3 if body[:3] in ('"""', "'''") else 1
+                if "\\\n" in body[quotes + 2:]:
+                    joined.append(f"{path.relative_to(root)}:{token.start[0]}")
+    assert not joined, f"string literals whose line ends in a single backslash: {joined}"

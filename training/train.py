@@ -7,7 +7,7 @@
     python -m training.train --task=classify --data=csv:manifest.csv --fusion=gated
     python -m training.train --task=contrastive --data=flickr8k:../shared/data/flickr8k-1k
     python -m training.train --task=vqa --init_from=runs/contrastive --lora_rank=8
-    python -m training.train --experiment=caption_flickr8k_pretrained \
+    python -m training.train --experiment=caption_flickr8k_pretrained \\
         --set train.steps=1000 --set caption.self_critical_from_step=400   # CIDEr-D reward
 
 Writes into --model_dir: config.json (the resolved config), vocabulary.txt,
@@ -21,8 +21,8 @@ Rerunning the same command resumes from the last checkpoint in --model_dir
 ("Resumed from step N") and trains to the planned number of steps; a rerun
 whose model does not fit the checkpoint (other sizes, vocabulary or trainable
 layers) is refused with the settings that differ, and the run is left as it
-was. Several
-devices or machines: --strategy=mirrored|multi_worker (docs/multi_worker.md).
+was. Several devices or machines: --strategy=mirrored|multi_worker
+(docs/multi_worker.md).
 """
 
 import json

@@ -11,12 +11,12 @@ apart.
 
 Single model:
 
-    python -m serving.server --model_name=captioner \
+    python -m serving.server --model_name=captioner \\
         --model_base_path=saved_models/captioner
 
 Several models, the `models.config` that the TF Serving container also reads:
 
-    python -m serving.server --model_config_file=saved_models/models.config \
+    python -m serving.server --model_config_file=saved_models/models.config \\
         --enable_batching --batching_parameters_file=saved_models/batching_parameters.pbtxt
 
 In a `models.config` written for the container, base paths are `/models/<name>`.
