@@ -368,6 +368,13 @@ def test_ensemble_cli_stacks_trained_runs_and_exports(tmp_path):
     assert (model_dir / "model.keras").exists()
     assert (export_dir / "classifier_ensemble" / "1" / "saved_model.pb").exists()
 
+    # Writing the ensemble over a member is refused before anything is written.
+    before = (runs["concat"] / "eval_metrics.json").read_bytes()
+    proc = run_ensemble(f"--members={members}", f"--model_dir={runs['concat']}", "--export_dir=", timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "is one of the --members" in proc.stderr, proc.stderr
+    assert (runs["concat"] / "eval_metrics.json").read_bytes() == before
+
     # A missing member: one `error:` line naming it, no traceback, exit 1.
     shutil.rmtree(runs["late"])
     proc = run_ensemble(f"--members={members}", f"--model_dir={model_dir}", "--export_dir=", timeout=300)
@@ -432,3 +439,19 @@ def test_members_must_be_all_classifiers_or_all_captioners(tmp_path):
         ensemble_cli.member_kind([str(tmp_path / "caption"), str(tmp_path / "vqa")])
     with pytest.raises(ensemble_cli.EnsembleError, match="'contrastive' has no ensemble"):
         ensemble_cli.member_kind([str(tmp_path / "caption"), str(tmp_path / "dual")])
+
+
+def test_the_ensemble_is_never_written_over_a_trained_run(tmp_path):
+    members = [tmp_path / "a", tmp_path / "b"]
+    for member in members:
+        (member / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ensemble_cli.EnsembleError, match="is one of the --members"):
+        ensemble_cli.check_model_dir(str(tmp_path / "a" / ".." / "a"), [str(m) for m in members])
+    (tmp_path / "other" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ensemble_cli.EnsembleError, match="holds a training run"):
+        ensemble_cli.check_model_dir(str(tmp_path / "other"), [str(m) for m in members])
+    # A new directory, or an earlier ensemble's (no checkpoints), is fine.
+    ensemble_cli.check_model_dir(str(tmp_path / "new"), [str(m) for m in members])
+    (tmp_path / "ensemble").mkdir()
+    (tmp_path / "ensemble" / "eval_metrics.json").write_text("{}")
+    ensemble_cli.check_model_dir(str(tmp_path / "ensemble"), [str(m) for m in members])

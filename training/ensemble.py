@@ -34,7 +34,9 @@ Writes into --model_dir: `eval_metrics.json` (flat metrics plus `members`,
 `method`), `model.keras` (the ensemble), and what the task's data loading
 writes (`labels.txt` or `vocabulary.txt`, `data_report.json`); exports to
 `<export_dir>/<name>/<version>/` with the task's signatures (classifier
-`serving_default`; captioner `serving_default` and `beam_search`).
+`serving_default`; captioner `serving_default` and `beam_search`). A member's
+directory, or any training run's (one with `checkpoints/`), is refused as
+--model_dir: the ensemble would replace that run's files.
 
 The functions (`load_members`, `load_member_task`, `member_predictions`,
 `build_ensemble`, `evaluate_ensemble`) are what `benchmarks/fusion_comparison.py`
@@ -91,6 +93,23 @@ def check_member_dirs(member_dirs):
                     f"{os.path.join(member_dir, name)} does not exist: each member must be a run directory "
                     "of python -m training.train --task=classify|vqa|caption."
                 )
+
+
+def check_model_dir(model_dir, member_dirs):
+    """Raises `EnsembleError` if writing the ensemble into `model_dir` would overwrite a trained run.
+
+    The ensemble writes `config.json`, `eval_metrics.json`, `model.keras` and
+    more; a member's directory, or any training run's (it has `checkpoints/`),
+    would lose its own. An earlier ensemble's directory is rewritten.
+    """
+    target = os.path.realpath(model_dir)
+    if any(os.path.realpath(member_dir) == target for member_dir in member_dirs):
+        raise EnsembleError(f"--model_dir={model_dir} is one of the --members: the ensemble's files would replace "
+                            "that run's config.json, eval_metrics.json and model.keras. Give a new directory.")
+    if os.path.isdir(os.path.join(model_dir, "checkpoints")):
+        raise EnsembleError(f"--model_dir={model_dir} holds a training run (it has checkpoints/): the ensemble's "
+                            "files would replace its config.json, eval_metrics.json and model.keras. Give a new "
+                            "directory.")
 
 
 CLASSIFIER_TASKS = ("classify", "vqa")
@@ -347,6 +366,7 @@ def run(member_dirs, method, weights, model_dir, export_dir, name=None, version=
         `{"eval_metrics": dict, "export_path": str or None, "ensemble": ClassifierEnsemble or ImageCaptioner}`.
     """
     check_member_dirs(member_dirs)
+    check_model_dir(model_dir, member_dirs)
     kind = member_kind(member_dirs)
     name = name or f"{kind}_ensemble"
     if kind == "captioner":
@@ -417,6 +437,7 @@ def main(argv):
     try:
         # Cheap checks first: a wrong path fails before TensorFlow loads.
         check_member_dirs(members)
+        check_model_dir(FLAGS.model_dir, members)
         member_kind(members)
     except EnsembleError as e:
         print(f"error: {e}", file=sys.stderr)
