@@ -1,8 +1,12 @@
+import json
+import os
+
 import numpy as np
 import pytest
 from keras import ops
 
-from mmkeras.layers import CrossModalAttention, ImageEncoder, TextDecoder, TextDecoderBlock, TextEncoder
+from mmkeras.layers import (CrossModalAttention, ImageEncoder, PresetError, TextDecoder, TextDecoderBlock,
+                            TextEncoder)
 from tests.backbone_fixtures import save_tiny_resnet_preset, tiny_resnet_kwargs
 from tests.layer_harness import run_config_round_trip, run_layer_checks, run_save_load
 
@@ -111,6 +115,16 @@ def test_image_encoder_takes_pixel_scaling_from_preset_and_checks_kind(tmp_path)
 
     preset_dir = save_tiny_resnet_preset(tmp_path / "resnet_preset", 16)
     assert ImageEncoder(hidden_dim=8, backbone_preset=preset_dir).pixel_scale == 1.0 / 255.0
+    # Without a converter, the scaling training.presets records stands in for it.
+    with open(os.path.join(preset_dir, "mmkeras_preset.json"), "w") as f:
+        json.dump({"pixel_scale": 1.0 / 127.5, "pixel_offset": -1.0}, f)
+    encoder = ImageEncoder(hidden_dim=8, backbone_preset=preset_dir)
+    assert (encoder.pixel_scale, encoder.pixel_offset) == (1.0 / 127.5, -1.0)
+    with open(os.path.join(preset_dir, "mmkeras_preset.json"), "w") as f:
+        json.dump({"kind": "image"}, f)
+    with pytest.raises(PresetError, match="mmkeras_preset.json gives no pixel_scale"):
+        ImageEncoder(hidden_dim=8, backbone_preset=preset_dir)
+    os.remove(os.path.join(preset_dir, "mmkeras_preset.json"))
     # An image converter in the preset (EfficientNet-Lite0's: [-1, 1]) wins.
     keras_hub.layers.ResNetImageConverter(scale=1.0 / 127.5, offset=-1.0).save_to_preset(preset_dir)
     encoder = ImageEncoder(hidden_dim=8, backbone_preset=preset_dir)
@@ -132,6 +146,29 @@ def test_image_encoder_takes_pixel_scaling_from_preset_and_checks_kind(tmp_path)
         ImageEncoder(hidden_dim=8, backbone_preset=text_dir)
     with pytest.raises(ValueError, match="ResNetBackbone, not a text backbone"):
         TextEncoder(backbone_preset=preset_dir)
+
+
+def test_damaged_or_foreign_preset_folders_are_preset_errors_naming_them(tmp_path):
+    import shutil
+
+    import keras_hub
+
+    preset_dir = save_tiny_resnet_preset(tmp_path / "resnet_preset", 16)
+    # A two-stack ResNet's config.json with a one-stack ResNet's weights.
+    other = str(tmp_path / "other")
+    keras_hub.models.ResNetBackbone(**tiny_resnet_kwargs(16, (64, 64))).save_to_preset(other)
+    shutil.copy(os.path.join(preset_dir, "model.weights.h5"), os.path.join(other, "model.weights.h5"))
+    with pytest.raises(PresetError, match="other cannot be loaded as a keras-hub backbone"):
+        ImageEncoder(hidden_dim=8, backbone_preset=other)
+    # A truncated weights file, and a config.json that is not JSON.
+    with open(os.path.join(other, "model.weights.h5"), "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(PresetError, match="other cannot be loaded"):
+        ImageEncoder(hidden_dim=8, backbone_preset=other)
+    with open(os.path.join(preset_dir, "config.json"), "w") as f:
+        f.write("{not json")
+    with pytest.raises(PresetError, match="resnet_preset cannot be loaded"):
+        ImageEncoder(hidden_dim=8, backbone_preset=preset_dir)
 
 
 def test_image_encoder_features_split_matches_call():

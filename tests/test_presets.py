@@ -214,6 +214,19 @@ def test_second_build_is_a_no_op(built_presets, capsys):
     assert mtimes() == before
 
 
+def test_a_damaged_preset_is_rebuilt_not_loaded(tmp_path, capsys):
+    name = "minilm_l6"
+    path = presets.build_presets(output_dir=tmp_path, names=[name])[name]
+    weights = os.path.join(path, "model.weights.h5")
+    with open(weights, "r+b") as f:  # truncated, as an interrupted copy leaves it
+        f.truncate(os.path.getsize(weights) // 2)
+    capsys.readouterr()
+    presets.build_presets(output_dir=tmp_path, names=[name])
+    assert "built" in capsys.readouterr().out
+    assert presets.is_up_to_date(name, path)
+    assert presets.read_metadata(path)["file_sha256"]["model.weights.h5"] == presets.sha256_of(weights)
+
+
 def test_presets_are_native_keras_hub_folders(built_presets):
     import keras_hub
 

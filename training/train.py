@@ -174,6 +174,7 @@ def main(argv):
         f", {task_type} {task_id} of {num_workers} workers" if task_type else "",
     )
 
+    from mmkeras.layers import PresetError
     from training import experiment
     from training import loop
     from training.tasks.base import ConfigError
@@ -186,7 +187,7 @@ def main(argv):
                 cfg, dirs.model_dir, dirs.export_dir, strategy, verbose=FLAGS.verbose,
                 restore_dir=dirs.checkpoint_read_dir,
             )
-        except (ConfigError, loop.CheckpointMismatch) as e:
+        except (ConfigError, loop.CheckpointMismatch, PresetError) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         except DataError as e:

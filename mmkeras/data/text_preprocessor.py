@@ -11,7 +11,7 @@ import keras_hub
 import tensorflow as tf
 
 from mmkeras.data.tokenizer import build_tokenizer, special_token_ids
-from mmkeras.layers.backbone_utils import check_preset
+from mmkeras.layers.backbone_utils import PresetError, check_preset
 
 
 class _FunctionCache:
@@ -220,16 +220,24 @@ def text_preprocessor_from_preset(preset_dir, sequence_length, **kwargs):
         **kwargs: base layer arguments.
 
     Raises:
-        FileNotFoundError: the folder, or a file the tokenizer needs in it, is
-            missing. Nothing is ever downloaded in its place.
+        PresetError (a `FileNotFoundError` and a `ValueError`): the folder, or
+            a file the tokenizer needs in it, is missing, or it holds no
+            tokenizer keras-hub can load. Nothing is ever downloaded in its place.
     """
     check_preset(preset_dir)
     try:
         tokenizer = keras_hub.models.Tokenizer.from_preset(preset_dir)
     except FileNotFoundError as error:
-        raise FileNotFoundError(
+        raise PresetError(
             f"The preset folder {preset_dir} is incomplete: {error} "
             f"Received: preset_dir={preset_dir}"
+        ) from error
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        # E.g. an image model's preset given to a text encoder: keras-hub has
+        # no tokenizer for its backbone.
+        raise PresetError(
+            f"The preset {preset_dir} has no tokenizer keras-hub can load ({error}). A text encoder's "
+            f"preset must be a text model's (e.g. minilm_l6). Received: preset_dir={preset_dir}"
         ) from error
     pad = _special_id(tokenizer, "pad_token")
     return TextPreprocessor(

@@ -1,6 +1,7 @@
 """mmkeras layers: encoders, decoder, cross-modal attention and fusion."""
 
 from mmkeras.layers.add_fusion import AddFusion
+from mmkeras.layers.backbone_utils import PresetError
 from mmkeras.layers.concat_fusion import ConcatFusion
 from mmkeras.layers.cross_attention_fusion import CrossAttentionFusion
 from mmkeras.layers.cross_modal_attention import CrossModalAttention
@@ -29,6 +30,7 @@ __all__ = [
     "GatedFusion",
     "ImageEncoder",
     "LateFusion",
+    "PresetError",
     "TextDecoder",
     "TextDecoderBlock",
     "TextEncoder",

@@ -5,14 +5,27 @@ ways, serialize it the same way and record which of their feature layers
 train the same way; this module is that shared knowledge.
 """
 
+import json
 import os
 
 import keras
 import keras_hub
 
 
+class PresetError(FileNotFoundError, ValueError):
+    """A preset that is missing, incomplete, damaged or of the wrong kind; the message names it.
+
+    A `FileNotFoundError` (a file or folder is not there) and a `ValueError`
+    (what is there cannot be used), so callers may catch either.
+    """
+
+
+def _first_line(error, limit=300):
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:limit].rstrip(".")
+
+
 def check_preset(preset):
-    """Raises `FileNotFoundError` when a local preset path is not a directory.
+    """Raises `PresetError` when a local preset path is not a directory.
 
     Handles with a scheme (`hf://`, `kaggle://`) go to keras-hub as they are;
     anything else must be a local folder, so a typo never turns into a
@@ -21,7 +34,7 @@ def check_preset(preset):
     if not isinstance(preset, str) or not preset:
         raise ValueError(f"A preset must be a non-empty string. Received: preset={preset}")
     if "://" not in preset and not os.path.isdir(preset):
-        raise FileNotFoundError(
+        raise PresetError(
             f"The preset folder does not exist: {preset}. Received: preset={preset}"
         )
 
@@ -34,13 +47,24 @@ DEFAULT_PIXEL_OFFSET = 0.0
 def preset_pixel_scaling(preset):
     """`(scale, offset)` that the preset's image converter applies to `[0, 255]` pixels.
 
-    A preset without an image converter (e.g. one saved from a bare
+    A local preset without `image_converter.json` takes the `pixel_scale` and
+    `pixel_offset` its `mmkeras_preset.json` records (`python -m
+    training.presets` writes them); one without either (e.g. saved from a bare
     backbone), or no preset, gives `[0, 1]` pixels. Per-channel values come
     back as tuples.
     """
     if preset is None:
         return DEFAULT_PIXEL_SCALE, DEFAULT_PIXEL_OFFSET
     if "://" not in preset and not os.path.exists(os.path.join(preset, "image_converter.json")):
+        recorded = os.path.join(preset, "mmkeras_preset.json")
+        if os.path.isfile(recorded):
+            try:
+                with open(recorded) as f:
+                    metadata = json.load(f)
+                return float(metadata["pixel_scale"]), float(metadata["pixel_offset"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise PresetError(f"{recorded} gives no pixel_scale and pixel_offset ({_first_line(e)}), and "
+                                  f"{preset} has no image_converter.json to take them from.") from e
         return DEFAULT_PIXEL_SCALE, DEFAULT_PIXEL_OFFSET
     converter = keras_hub.layers.ImageConverter.from_preset(preset)
     if converter is None:
@@ -61,12 +85,22 @@ def _load_preset_backbone(preset, kind):
         for name in ("config.json", "model.weights.h5"):
             path = os.path.join(preset, name)
             if not os.path.isfile(path):
-                raise FileNotFoundError(
+                raise PresetError(
                     f"The preset folder {preset} is incomplete: {path} is missing "
                     "(a keras-hub preset holds config.json and model.weights.h5; "
                     "`python -m training.presets` builds the pretrained ones)."
                 )
-    backbone = keras_hub.models.Backbone.from_preset(preset)
+    try:
+        backbone = keras_hub.models.Backbone.from_preset(preset)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        # A damaged or foreign config.json, weights that do not fit it, or
+        # (for a handle) no network: never a model with random weights.
+        raise PresetError(
+            f"The preset {preset} cannot be loaded as a keras-hub backbone: {_first_line(e)}. A local folder "
+            "needs a config.json that keras-hub reads and a model.weights.h5 written for it (`python -m "
+            "training.presets --force` rebuilds the pretrained ones); an hf:// or kaggle:// handle needs "
+            "network access."
+        ) from e
     _check_kind(backbone, kind, f"the preset {preset}")
     return backbone
 
