@@ -78,8 +78,11 @@ def main(argv=None):
 
     images = []
     for path in args.image:
-        with open(path, "rb") as f:
-            images.append(f.read())
+        try:
+            with open(path, "rb") as f:
+                images.append(f.read())
+        except OSError as e:
+            parser.error(f"--image={path}: {e.strerror or e}")
     names = args.image
 
     with PredictionClient(args.server, rest=args.rest, timeout=args.timeout) as client:

@@ -215,6 +215,14 @@ def test_command_line_rest_and_signature(model_server, tmp_path, capsys):
     assert capsys.readouterr().out.split("\t")[:2] == [str(red), "a dark red picture"]
 
 
+def test_command_line_names_a_missing_image_file(model_server, tmp_path, capsys):
+    missing = tmp_path / "nothere.jpg"
+    with pytest.raises(SystemExit) as exit_info:
+        client_cli.main([f"--server=127.0.0.1:{model_server.grpc_port}", "--model=captioner", f"--image={missing}"])
+    assert exit_info.value.code == 2
+    assert f"--image={missing}: No such file or directory" in capsys.readouterr().err
+
+
 def test_command_line_classifier_and_embeddings(model_server, tmp_path, capsys):
     red = tmp_path / "red.png"
     red.write_bytes(RED_PNG)

@@ -91,3 +91,24 @@ def test_losses_are_minimised_and_a_missing_metric_is_named(tmp_path):
         assert "val_loss" in str(e) and "val_accuracy" in str(e)
     else:
         raise AssertionError("a missing metric must raise")
+
+
+def test_a_nan_loss_stops_training_without_saving_it(tmp_path):
+    model = make_model()
+    run(model, tmp_path, None, None, steps=10)
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-10")
+
+    def nan_dataset(examples_seen):  # as a NaN in the inputs or in preset weights gives
+        x = np.full((8, 3), np.nan, "float32")
+        ds = tf.data.Dataset.from_tensor_slices((x, x[:, :1])).repeat().batch(8)
+        return tf.distribute.get_strategy().experimental_distribute_dataset(ds)
+
+    try:
+        loop.train(model, tf.distribute.get_strategy(), nan_dataset, total_steps=20, global_batch_size=8,
+                   checkpoint_dir=str(tmp_path / "checkpoints"), checkpoint_every=5, log_every=5, verbose=0)
+    except loop.Diverged as e:
+        message = str(e)
+    else:
+        raise AssertionError("a NaN loss did not stop training")
+    assert "loss nan" in message and "step 15" in message and "ckpt-10" in message
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-10")

@@ -40,6 +40,10 @@ class Preempted(Exception):
     """Training stopped on SIGTERM after saving a checkpoint; rerun to resume."""
 
 
+class Diverged(ValueError):
+    """The training loss became NaN or infinite; no checkpoint of that state was written."""
+
+
 class CheckpointMismatch(ValueError):
     """The checkpoint to resume from was written for another model or optimizer; the message names it."""
 
@@ -161,6 +165,19 @@ def make_checkpoint(model):
     return checkpoint, step, examples_seen
 
 
+def _check_finite(metrics, step, checkpoint_dir):
+    """Raises `Diverged` if a loss in `metrics` (read at `step`) is NaN or infinite."""
+    bad = {k: v for k, v in metrics.items() if "loss" in k and not np.isfinite(v)}
+    if bad:
+        latest = tf.train.latest_checkpoint(checkpoint_dir)
+        raise Diverged(
+            f"training diverged: {', '.join(f'{k} {v}' for k, v in bad.items())} in the steps up to step {step}. "
+            f"Nothing of it was saved; the last checkpoint is {latest or 'none'}. Lower train.learning_rate "
+            "(or raise train.warmup_steps), and check the data and any preset weights (a NaN in them gives "
+            "a NaN loss from the first step)."
+        )
+
+
 def train_step_function(model, strategy, jit_compile=False):
     """`iterator -> None`: one training step of `model` under `strategy`.
 
@@ -239,6 +256,9 @@ def train(
 
     Raises:
         Preempted: on SIGTERM, after saving a checkpoint.
+        Diverged: a logged loss is NaN or infinite (checked at every metric
+            read); the checkpoints written before stay as they are.
+        CheckpointMismatch: the checkpoint to resume does not fit the model.
     """
     if total_steps < 0:
         raise ValueError(f"`total_steps` must be >= 0. Received: total_steps={total_steps}")
@@ -382,6 +402,7 @@ def train(
                         now = time.monotonic()
                         metrics = log_metrics((step - interval_step) / max(now - interval_start, 1e-9))
                         interval_start, interval_step = now, step
+                        _check_finite(metrics, step, restore_dir)
                     progress.end_step(step, metrics)
                     if validate is not None and step % eval_every == 0 and not flag:
                         # The decision comes from all-reduced metrics: the same on every worker.

@@ -190,8 +190,8 @@ def main(argv):
         except (ConfigError, loop.CheckpointMismatch, PresetError) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
-        except DataError as e:
-            # A data problem is the user's to fix: say what and where, no traceback.
+        except (DataError, loop.Diverged) as e:
+            # A data problem (or a diverged run) is the user's to fix: say what and where, no traceback.
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)
         except loop.Preempted as e:
