@@ -225,6 +225,10 @@ def test_a_damaged_preset_is_rebuilt_not_loaded(tmp_path, capsys):
     assert "built" in capsys.readouterr().out
     assert presets.is_up_to_date(name, path)
     assert presets.read_metadata(path)["file_sha256"]["model.weights.h5"] == presets.sha256_of(weights)
+    with open(os.path.join(path, presets.METADATA_FILE), "w") as f:  # a torn write of the record itself
+        f.write('{"name": "minilm')
+    presets.build_presets(output_dir=tmp_path, names=[name])
+    assert "built" in capsys.readouterr().out and presets.is_up_to_date(name, path)
 
 
 def test_presets_are_native_keras_hub_folders(built_presets):

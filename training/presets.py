@@ -338,12 +338,15 @@ _BUILDERS = {
 
 
 def read_metadata(preset_dir):
-    """The `mmkeras_preset.json` of a preset folder, or `None` if it has none."""
+    """The `mmkeras_preset.json` of a preset folder, or `None` if it has none (or one that is not JSON)."""
     path = os.path.join(preset_dir, METADATA_FILE)
     if not os.path.isfile(path):
         return None
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except ValueError:
+            return None
 
 
 def file_digests(preset_dir):
