@@ -180,20 +180,25 @@ def train_model(task, model, cfg, model_dir, strategy, verbose=1, restore_dir=No
 _SMALL_FILE_BYTES = 4 << 20
 
 
+def _small_file_names(model_dir):
+    """Names of the small files at the top of `model_dir`."""
+    return [name for name in os.listdir(model_dir)
+            if os.path.isfile(os.path.join(model_dir, name))
+            and os.path.getsize(os.path.join(model_dir, name)) < _SMALL_FILE_BYTES]
+
+
 def _small_files(model_dir):
     """`{name: bytes}` of the small files at the top of `model_dir`."""
     files = {}
-    for name in os.listdir(model_dir):
-        path = os.path.join(model_dir, name)
-        if os.path.isfile(path) and os.path.getsize(path) < _SMALL_FILE_BYTES:
-            with open(path, "rb") as f:
-                files[name] = f.read()
+    for name in _small_file_names(model_dir):
+        with open(os.path.join(model_dir, name), "rb") as f:
+            files[name] = f.read()
     return files
 
 
 def _put_back(model_dir, files):
     """Leaves `model_dir`'s small files as `_small_files` found them."""
-    for name in set(_small_files(model_dir)) - set(files):
+    for name in set(_small_file_names(model_dir)) - set(files):
         os.remove(os.path.join(model_dir, name))
     for name, content in files.items():
         with open(os.path.join(model_dir, name), "wb") as f:
